@@ -1,0 +1,119 @@
+"""Thin confluent-kafka adapters: topic creation from the registry, producers, consumers, the DLQ."""
+from __future__ import annotations
+
+import logging
+import time
+from typing import Iterable
+
+from confluent_kafka import Consumer, KafkaException, Producer
+from confluent_kafka.admin import AdminClient, NewTopic
+
+from infra.settings import Settings
+from schemas import encode_reject, make_reject, registry, topic_name, group_name
+
+log = logging.getLogger("smc.kafka")
+
+
+def _quiet() -> logging.Logger:
+    q = logging.getLogger("smc.kafka.client")
+    q.propagate = False
+    q.addHandler(logging.NullHandler())
+    return q
+
+
+def admin(settings: Settings) -> AdminClient:
+    return AdminClient({"bootstrap.servers": settings.kafka_bootstrap, "logger": _quiet()})
+
+
+def topic(settings: Settings, base: str) -> str:
+    return topic_name(base, settings.namespace)
+
+
+def group(settings: Settings, base: str) -> str:
+    return group_name(base, settings.namespace)
+
+
+def ensure_topics(settings: Settings, bases: Iterable[str] | None = None, timeout: float = 30.0) -> list[str]:
+    """Create the registry's topics (in the settings' namespace) that do not exist yet."""
+    specs = registry(settings.partitions)
+    bases = list(bases) if bases is not None else list(specs)
+    adm = admin(settings)
+    existing = set(adm.list_topics(timeout=timeout).topics)
+    new = []
+    for base in bases:
+        spec = specs[base]
+        name = topic(settings, base)
+        if name in existing:
+            continue
+        config = {"cleanup.policy": spec.cleanup, "retention.ms": str(spec.retention_ms)}
+        new.append(NewTopic(name, num_partitions=spec.partitions, replication_factor=1, config=config))
+    if new:
+        for name, fut in adm.create_topics(new, operation_timeout=timeout).items():
+            try:
+                fut.result()
+            except KafkaException as exc:
+                if "TOPIC_ALREADY_EXISTS" not in str(exc):
+                    raise
+        _wait_topics(adm, [t.topic for t in new], timeout)
+    return [topic(settings, b) for b in bases]
+
+
+def _wait_topics(adm: AdminClient, names: list[str], timeout: float) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        md = adm.list_topics(timeout=timeout)
+        if all(n in md.topics and not md.topics[n].error and md.topics[n].partitions for n in names):
+            return
+        time.sleep(0.1)
+    raise TimeoutError(f"topics {names} not ready")
+
+
+def delete_namespace(settings: Settings) -> None:
+    """Drop every topic of an isolated run (tests, debugging replays)."""
+    if not settings.namespace:
+        raise ValueError("refusing to delete the production (un-namespaced) topics")
+    adm = admin(settings)
+    names = [t for t in adm.list_topics(timeout=10).topics if t.startswith(settings.namespace + ".")]
+    if names:
+        for fut in adm.delete_topics(names, operation_timeout=30).values():
+            try:
+                fut.result()
+            except KafkaException:
+                pass
+
+
+def producer(settings: Settings, **overrides) -> Producer:
+    """Idempotent, acks=all producer: retries never duplicate or reorder within a partition."""
+    conf = {
+        "bootstrap.servers": settings.kafka_bootstrap,
+        "enable.idempotence": True,
+        "acks": "all",
+        "linger.ms": 5,
+        "batch.num.messages": 10_000,
+        "compression.type": "lz4",
+        # murmur2 = the Java client's partitioner, so every client maps a symbol to the same partition
+        "partitioner": "murmur2_random",
+        "logger": _quiet(),
+    }
+    conf.update(overrides)
+    return Producer(conf)
+
+
+def consumer(settings: Settings, group_base: str, **overrides) -> Consumer:
+    conf = {
+        "bootstrap.servers": settings.kafka_bootstrap,
+        "group.id": group(settings, group_base),
+        "enable.auto.commit": False,
+        "auto.offset.reset": "earliest",
+        "isolation.level": "read_committed",
+        "logger": _quiet(),
+    }
+    conf.update(overrides)
+    return Consumer(conf)
+
+
+def send_reject(prod: Producer, settings: Settings, stage: str, reason: str, raw: bytes | str | None,
+                key: str | bytes | None, src_topic: str = "", partition: int = -1, offset: int = -1) -> None:
+    """Send a bad record to the DLQ with its reason; never raises for the caller's stream."""
+    rej = make_reject(stage, reason, raw, key, int(time.time() * 1000), src_topic, partition, offset)
+    prod.produce(topic(settings, "dlq"), key=stage.encode(), value=encode_reject(rej))

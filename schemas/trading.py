@@ -1,0 +1,143 @@
+"""Executor output: decisions, orders, fills, positions and equity snapshots (key = symbol).
+
+Times are event times (the bar that caused them) so a backtest is reproducible byte for byte;
+`wall_ts` carries the wall clock for latency analytics and is the only field that differs run to run.
+"""
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+
+from schemas.codec import decode_as, encode
+from schemas.errors import SchemaError
+from schemas.signal import short_hash
+
+SCHEMA_VERSION = 1
+CLIENT_ID_RE = re.compile(r"^[.A-Z:/a-z0-9_-]{1,36}$")
+LEGS = ("entry", "stop", "target", "exit")
+
+
+def client_order_id(signal_id: str, leg: str) -> str:
+    """Binance newClientOrderId derived from the signal and the leg: <= 36 chars, Binance's alphabet."""
+    if leg not in LEGS:
+        raise SchemaError("Order", "leg", leg, f"expected one of {LEGS}")
+    cid = f"smc-{short_hash(signal_id)}-{leg}"
+    assert CLIENT_ID_RE.match(cid), cid
+    return cid
+
+
+@dataclass(slots=True, frozen=True)
+class Decision:
+    """What the executor decided for one signal, including 'no trade' and why."""
+    signal_id: str
+    symbol: str
+    ts: int
+    action: str            # enter | skip | exit | hold
+    reason: str            # e.g. below_threshold, notional_cap, min_notional, max_positions, daily_loss_limit
+    confidence: float
+    risk_pct: float = 0.0
+    qty: float = 0.0
+    wall_ts: int = 0
+    v: int = SCHEMA_VERSION
+
+
+@dataclass(slots=True, frozen=True)
+class Order:
+    client_order_id: str
+    signal_id: str
+    symbol: str
+    leg: str               # entry | stop | target | exit
+    side: str              # BUY | SELL
+    type: str              # MARKET | STOP_MARKET | TAKE_PROFIT_MARKET
+    qty: float
+    price: float           # trigger price for conditional legs, 0 for MARKET
+    reduce_only: bool
+    status: str            # NEW | FILLED | CANCELED | REJECTED | EXPIRED
+    ts: int
+    reason: str = ""
+    exchange_order_id: str = ""
+    wall_ts: int = 0
+    v: int = SCHEMA_VERSION
+
+
+@dataclass(slots=True, frozen=True)
+class Fill:
+    fill_id: str
+    client_order_id: str
+    symbol: str
+    side: str
+    qty: float
+    price: float
+    fee: float
+    ts: int
+    liquidity: str = "taker"
+    wall_ts: int = 0
+    v: int = SCHEMA_VERSION
+
+
+@dataclass(slots=True, frozen=True)
+class Position:
+    position_id: str       # = the entry order's client_order_id
+    signal_id: str
+    symbol: str
+    side: str              # long | short
+    qty: float
+    entry_price: float
+    stop: float
+    target: float
+    opened_at: int
+    status: str            # open | closed
+    closed_at: int = 0
+    exit_price: float = 0.0
+    exit_reason: str = ""  # stop | target | max_hold | stagnation | manual
+    realized_pnl: float = 0.0
+    fees: float = 0.0
+    funding: float = 0.0
+    confidence: float = 0.0
+    pattern: str = ""
+    updated_at: int = 0
+    v: int = SCHEMA_VERSION
+
+
+@dataclass(slots=True, frozen=True)
+class Equity:
+    ts: int
+    equity: float
+    cash: float
+    realized_pnl: float
+    unrealized_pnl: float
+    open_positions: int
+    v: int = SCHEMA_VERSION
+
+
+def _validate_order(o: Order) -> None:
+    if not CLIENT_ID_RE.match(o.client_order_id):
+        raise SchemaError("Order", "client_order_id", o.client_order_id, "not a valid Binance client id")
+    if o.side not in ("BUY", "SELL"):
+        raise SchemaError("Order", "side", o.side, "expected BUY or SELL")
+    if o.qty <= 0:
+        raise SchemaError("Order", "qty", o.qty, "must be > 0")
+
+
+def decode_decision(raw: bytes | str | dict) -> Decision:
+    return decode_as(Decision, raw)
+
+
+def decode_order(raw: bytes | str | dict) -> Order:
+    return decode_as(Order, raw, _validate_order)
+
+
+def decode_fill(raw: bytes | str | dict) -> Fill:
+    return decode_as(Fill, raw)
+
+
+def decode_position(raw: bytes | str | dict) -> Position:
+    return decode_as(Position, raw)
+
+
+def decode_equity(raw: bytes | str | dict) -> Equity:
+    return decode_as(Equity, raw)
+
+
+__all__ = ["Decision", "Order", "Fill", "Position", "Equity", "client_order_id", "encode",
+           "decode_decision", "decode_order", "decode_fill", "decode_position", "decode_equity"]

@@ -1,0 +1,62 @@
+"""Shared fixtures: the real local Kafka broker, isolated namespaces, and the real ClickHouse engine."""
+from __future__ import annotations
+
+import os
+import uuid
+from pathlib import Path
+
+import pytest
+
+from infra.settings import REPO_ROOT, Settings, load_settings
+
+os.environ.setdefault("SMC_CREDIT", "0")  # silence the smartmoneyconcepts banner
+
+DATA = REPO_ROOT / "tests" / "data"
+RECORDED = REPO_ROOT / "ingest" / "recorded"
+SHARED_DATA = REPO_ROOT.parent / "shared" / "data"   # present beside the repo in CI and dev, not in a user's clone
+
+
+@pytest.fixture(scope="session")
+def kafka_bootstrap() -> str:
+    """The real Apache Kafka broker: the one given by SMC_KAFKA_BOOTSTRAP, else the local KRaft launcher."""
+    from infra import local_broker
+    given = os.environ.get("SMC_KAFKA_BOOTSTRAP")
+    if given:
+        local_broker.wait_ready(given, timeout=60)
+        return given
+    return local_broker.start(int(os.environ.get("SMC_KAFKA_PORT", "9092")))
+
+
+@pytest.fixture
+def namespace() -> str:
+    return f"t{uuid.uuid4().hex[:10]}"
+
+
+@pytest.fixture
+def settings(kafka_bootstrap: str, namespace: str, tmp_path: Path) -> Settings:
+    """Settings of an isolated run: own topics/groups (namespace), own data dir, embedded ClickHouse."""
+    base = load_settings(env={})
+    return base.with_(kafka_bootstrap=kafka_bootstrap, namespace=namespace, data_dir=str(tmp_path),
+                      clickhouse_dsn=_chdb_dsn())
+
+
+_CHDB_DIR: str | None = None
+
+
+def _chdb_dsn() -> str:
+    # chDB allows one engine per process: the whole test session shares one path, tests use databases.
+    global _CHDB_DIR
+    if _CHDB_DIR is None:
+        import tempfile
+        _CHDB_DIR = tempfile.mkdtemp(prefix="smc-chdb-")
+    return f"chdb://{_CHDB_DIR}"
+
+
+@pytest.fixture
+def audit_store(namespace: str):
+    """The real ClickHouse engine (chDB in-process by default; SMC_TEST_CLICKHOUSE_DSN for a server)."""
+    from infra.clickhouse import AuditStore
+    store = AuditStore(os.environ.get("SMC_TEST_CLICKHOUSE_DSN", _chdb_dsn()), database=f"db_{namespace}")
+    store.ensure_schema()
+    yield store
+    store.client.command(f"DROP DATABASE IF EXISTS {store.database}")
