@@ -117,3 +117,64 @@ def send_reject(prod: Producer, settings: Settings, stage: str, reason: str, raw
     """Send a bad record to the DLQ with its reason; never raises for the caller's stream."""
     rej = make_reject(stage, reason, raw, key, int(time.time() * 1000), src_topic, partition, offset)
     prod.produce(topic(settings, "dlq"), key=stage.encode(), value=encode_reject(rej))
+
+
+def end_offsets(settings: Settings, base: str, timeout: float = 10.0) -> dict[int, tuple[int, int]]:
+    """{partition: (low, high)} watermarks of a topic."""
+    from confluent_kafka import TopicPartition
+    name = topic(settings, base)
+    c = Consumer({"bootstrap.servers": settings.kafka_bootstrap, "group.id": "smc-watermarks", "logger": _quiet()})
+    try:
+        md = c.list_topics(name, timeout=timeout)
+        parts = md.topics[name].partitions if name in md.topics else {}
+        return {p: c.get_watermark_offsets(TopicPartition(name, p), timeout=timeout) for p in parts}
+    finally:
+        c.close()
+
+
+def topic_size(settings: Settings, base: str) -> int:
+    return sum(hi - lo for lo, hi in end_offsets(settings, base).values())
+
+
+def wait_for_size(settings: Settings, base: str, n: int, timeout: float = 120.0, poll: float = 0.25) -> int:
+    """Block until a topic holds at least n records (or the timeout passes); returns the size seen."""
+    deadline = time.monotonic() + timeout
+    size = topic_size(settings, base)
+    while size < n and time.monotonic() < deadline:
+        time.sleep(poll)
+        size = topic_size(settings, base)
+    return size
+
+
+def read_topic(settings: Settings, base: str, timeout: float = 60.0) -> list:
+    """Every record of a topic from the beginning up to its end at call time, as confluent Messages.
+
+    Reads by assignment (no consumer group, nothing committed), so it never disturbs a running app.
+    """
+    from confluent_kafka import OFFSET_BEGINNING, TopicPartition
+    name = topic(settings, base)
+    ends = {p: hi for p, (lo, hi) in end_offsets(settings, base).items() if hi > lo}
+    if not ends:
+        return []
+    c = Consumer({"bootstrap.servers": settings.kafka_bootstrap, "group.id": "smc-reader", "enable.auto.commit": False,
+                  "isolation.level": "read_committed", "logger": _quiet()})
+    out = []
+    try:
+        c.assign([TopicPartition(name, p, OFFSET_BEGINNING) for p in ends])
+        remaining = dict(ends)
+        deadline = time.monotonic() + timeout
+        while remaining and time.monotonic() < deadline:
+            for m in c.consume(num_messages=10_000, timeout=0.5):
+                if m.error():
+                    continue
+                if m.partition() in remaining:
+                    out.append(m)
+            # positions, not last offsets: transaction markers occupy offsets no message carries
+            for tp in c.position([TopicPartition(name, p) for p in remaining]):
+                if tp.offset >= remaining[tp.partition]:
+                    del remaining[tp.partition]
+        if remaining:
+            raise TimeoutError(f"read_topic({name}) did not reach the end of partitions {sorted(remaining)}")
+    finally:
+        c.close()
+    return out

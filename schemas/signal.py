@@ -15,6 +15,7 @@ from schemas.errors import SchemaError
 
 SCHEMA_VERSION = 1
 SIDES = ("long", "short", "flat")
+N_FEATURES = 12
 
 
 def make_signal_id(symbol: str, timeframe: str, open_time: int, strategy_version: str) -> str:
@@ -41,8 +42,7 @@ class Signal:
     volume: float
     atr: float
     events: dict = field(default_factory=dict)
-    features: list[float] = field(default_factory=list)
-    feature_names: list[str] = field(default_factory=list)
+    features: list[float] = field(default_factory=list)   # in processors.smc.FEATURE_NAMES order
     confidence: float = 0.0
     model_version: str = "heuristic"
     side: str = "flat"
@@ -57,8 +57,8 @@ def validate_signal(s: Signal) -> None:
         raise SchemaError("Signal", "side", s.side, f"expected one of {SIDES}")
     if not 0.0 <= s.confidence <= 1.0:
         raise SchemaError("Signal", "confidence", s.confidence, "expected a probability in [0, 1]")
-    if len(s.features) != len(s.feature_names):
-        raise SchemaError("Signal", "features", len(s.features), f"expected {len(s.feature_names)} values, one per name")
+    if len(s.features) != N_FEATURES:
+        raise SchemaError("Signal", "features", len(s.features), f"expected {N_FEATURES} values")
     if s.side != "flat":
         if s.side == "long" and not s.stop < s.entry < s.target:
             raise SchemaError("Signal", "stop", s.stop, f"a long needs stop < entry ({s.entry}) < target ({s.target})")

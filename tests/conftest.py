@@ -60,3 +60,12 @@ def audit_store(namespace: str):
     store.ensure_schema()
     yield store
     store.client.command(f"DROP DATABASE IF EXISTS {store.database}")
+
+
+def pytest_configure(config):
+    # test helper modules next to the tests (tests/processors/harness.py ...) import by plain name
+    import sys
+    for sub in ("processors",):
+        p = str(Path(__file__).parent / sub)
+        if p not in sys.path:
+            sys.path.insert(0, p)

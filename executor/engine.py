@@ -1,0 +1,265 @@
+"""The executor's deterministic core: one Signal in, the records it causes out.
+
+No Kafka, no clocks (except `wall_ts`, which callers pass and which is for latency only): the same
+signals in the same order give the same records with the same ids, which is what makes a replay a
+backtest and a crash-restart harmless. Per bar record of a symbol (see executor.brokers.base):
+
+  0. drop duplicates / out-of-order bars (open_time <= last seen for symbol+timeframe)
+  1. roll the UTC day (start-of-day equity for the daily loss limit)
+  2. broker.on_bar_open: orders executing at this bar's open (paper MARKET orders)
+  3. funding stamps reached by this bar's open, for positions still open
+  4. broker.on_bar_range: stop/target triggered inside the bar
+  5. mark to the close; time/manual exits (exits.time_exit) -> MARKET reduce-only exit orders
+  6. the strategy's entry decision -> Decision (+ MARKET entry order)
+  7. an Equity record when the account changed
+"""
+from __future__ import annotations
+
+import dataclasses
+import logging
+from dataclasses import dataclass
+
+from executor.brokers.base import Broker, FillEvent, OrderUpdate
+from executor.config import ExecutorConfig
+from executor.exits import time_exit
+from executor.instruments import InstrumentBook
+from executor.portfolio import Portfolio, PositionState
+from executor.strategy import AccountView, decide
+from schemas.signal import Signal
+from schemas.trading import Decision, Fill, Order, client_order_id, decode_order
+
+log = logging.getLogger("smc.executor.engine")
+
+FINAL = ("FILLED", "CANCELED", "REJECTED", "EXPIRED")
+HOUR = 3_600_000
+
+
+def pattern_of(events: dict) -> str:
+    if isinstance(events.get("pattern"), str):
+        return events["pattern"][:64]
+    return "+".join(sorted(k for k, v in events.items() if v))[:64]
+
+
+@dataclass
+class EngineStats:
+    signals: int = 0
+    duplicates: int = 0
+    decisions: int = 0
+    entries: int = 0
+    exits: int = 0
+    orders: int = 0
+    fills: int = 0
+    rejected: int = 0
+
+
+class Engine:
+    def __init__(self, cfg: ExecutorConfig, broker: Broker, instruments: InstrumentBook | None = None) -> None:
+        self.cfg = cfg
+        self.broker = broker
+        self.instruments = instruments or InstrumentBook()
+        self.portfolio = Portfolio(cfg.start_equity)
+        self.orders: dict[str, Order] = {}         # live (non-final) orders by client_order_id
+        self.last_bar: dict[str, int] = {}         # "symbol|timeframe" -> last open_time processed
+        self.flatten: set[str] = set()             # symbols ("*" = all) to flatten at their next bar
+        self.stats = EngineStats()
+        self._done: dict[str, Order] = {}
+        self._changed = False
+
+    # ------------------------------------------------------------------------------------------
+    def process(self, sig: Signal, wall_ts: int = 0) -> list:
+        key = f"{sig.symbol}|{sig.timeframe}"
+        last = self.last_bar.get(key)
+        if last is not None and sig.open_time <= last:
+            self.stats.duplicates += 1
+            return []
+        self.last_bar[key] = sig.open_time
+        self.stats.signals += 1
+        out: list = []
+        self._changed = False
+        pf = self.portfolio
+        pf.roll_day(sig.close_time)
+
+        self._apply(self.broker.on_bar_open(sig), sig, out, wall_ts)
+        self._funding(sig, out)
+        self._apply(self.broker.on_bar_range(sig), sig, out, wall_ts)
+        pf.mark(sig.symbol, sig.close)
+        self._time_exits(sig, out, wall_ts)
+        self._entry(sig, out, wall_ts)
+        if self._changed or self.cfg.equity_every_bar:
+            out.append(pf.snapshot(sig.close_time))
+        return out
+
+    def command(self, cmd: dict) -> None:
+        """Operator commands: {"cmd": "flatten", "symbol": "BTCUSDT" | "*"}."""
+        if cmd.get("cmd") == "flatten":
+            self.flatten.add(str(cmd.get("symbol") or "*"))
+        else:
+            raise ValueError(f"unknown command {cmd.get('cmd')!r}")
+
+    # ------------------------------------------------------------------------------------------
+    def _entry(self, sig: Signal, out: list, wall_ts: int) -> None:
+        pf = self.portfolio
+        inst = self.instruments.get(sig.symbol, sig.entry or sig.close) if sig.side != "flat" else None
+        view = AccountView(equity=pf.equity(), day_start_equity=pf.day_start_equity,
+                           symbols_in_position=pf.symbols_in_position(), open_positions=pf.open_count())
+        d = decide(sig, view, inst, self.cfg.strategy)
+        if d.reason == "flat" and not self.cfg.record_flat:
+            return
+        sz = d.sizing
+        self.stats.decisions += 1
+        out.append(Decision(signal_id=sig.signal_id, symbol=sig.symbol, ts=sig.close_time, action=d.action,
+                            reason=d.reason, confidence=sig.confidence, risk_pct=d.risk_pct,
+                            qty=sz.qty if sz else 0.0, wall_ts=wall_ts))
+        if d.action != "enter":
+            return
+        self.stats.entries += 1
+        pid = client_order_id(sig.signal_id, "entry")
+        pos = PositionState(position_id=pid, signal_id=sig.signal_id, symbol=sig.symbol, timeframe=sig.timeframe,
+                            side=sig.side, qty=sz.qty, stop=sz.stop, target=sz.target,
+                            confidence=sig.confidence, pattern=pattern_of(sig.events))
+        pf.add_pending(pos)
+        order = Order(client_order_id=pid, signal_id=sig.signal_id, symbol=sig.symbol, leg="entry",
+                      side="BUY" if sig.side == "long" else "SELL", type="MARKET", qty=sz.qty, price=0.0,
+                      reduce_only=False, status="NEW", ts=sig.close_time, reason=d.reason)
+        self._submit(order, pos, sig, out, wall_ts)
+
+    def _time_exits(self, sig: Signal, out: list, wall_ts: int) -> None:
+        flat_all = "*" in self.flatten
+        for pos in self.portfolio.of_symbol(sig.symbol):
+            if pos.status != "open" or pos.timeframe != sig.timeframe:
+                continue
+            manual = flat_all or sig.symbol in self.flatten or pos.flatten
+            reason = time_exit(pos.side, pos.entry_price, pos.opened_at, sig.close_time, sig.close,
+                               self.cfg.exits, manual)
+            if reason is None:
+                continue
+            pos.to("closing")
+            pos.pending_exit = reason
+            self.stats.decisions += 1
+            out.append(Decision(signal_id=sig.signal_id, symbol=sig.symbol, ts=sig.close_time, action="exit",
+                                reason=reason, confidence=pos.confidence, qty=pos.qty, wall_ts=wall_ts))
+            order = Order(client_order_id=client_order_id(pos.signal_id, "exit"), signal_id=pos.signal_id,
+                          symbol=pos.symbol, leg="exit", side="SELL" if pos.side == "long" else "BUY",
+                          type="MARKET", qty=pos.qty, price=0.0, reduce_only=True, status="NEW",
+                          ts=sig.close_time, reason=reason)
+            self._submit(order, pos, sig, out, wall_ts)
+        self.flatten.discard(sig.symbol)
+        if flat_all and not any(p.status == "open" for p in self.portfolio.positions.values()):
+            self.flatten.discard("*")
+
+    def _funding(self, sig: Signal, out: list) -> None:
+        pf = self.portfolio
+        hours = self.cfg.paper.funding_hours(sig.symbol)
+        rate = self.cfg.paper.funding_rate
+        interval = hours * HOUR
+        for pos in pf.of_symbol(sig.symbol):
+            if pos.status not in ("open", "closing"):
+                continue
+            stamp = (pos.last_funding_ts // interval + 1) * interval
+            charged = False
+            while stamp <= sig.open_time:
+                pf.charge_funding(pos.position_id, pos.sign * pos.qty * sig.open * rate, stamp)
+                pos.last_funding_ts = stamp
+                stamp += interval
+                charged = True
+            if charged:
+                self._changed = True
+                out.append(pos.record())
+
+    # ------------------------------------------------------------------------------------------
+    def _submit(self, order: Order, pos: PositionState, sig: Signal, out: list, wall_ts: int) -> None:
+        self.orders[order.client_order_id] = order
+        self.stats.orders += 1
+        events = self.broker.submit(order, order.ts, timeframe=pos.timeframe, position_side=pos.side)
+        self._apply(events, sig, out, wall_ts)
+
+    def _cancel_siblings(self, pos: PositionState, sig: Signal, out: list, wall_ts: int, ts: int) -> None:
+        for cid, o in list(self.orders.items()):
+            if o.signal_id == pos.signal_id and o.leg in ("stop", "target", "exit"):
+                evs = self.broker.cancel(o, ts)
+                if not evs:       # the broker no longer knows it: it is gone
+                    evs = [OrderUpdate(cid, "CANCELED", ts, "gone")]
+                self._apply(evs, sig, out, wall_ts)
+
+    def _apply(self, events: list, sig: Signal, out: list, wall_ts: int) -> None:
+        for ev in events:
+            if isinstance(ev, OrderUpdate):
+                self._on_update(ev, sig, out, wall_ts)
+            elif isinstance(ev, FillEvent):
+                self._on_fill(ev, sig, out, wall_ts)
+        self._done.clear()
+
+    def _on_update(self, ev: OrderUpdate, sig: Signal, out: list, wall_ts: int) -> None:
+        order = self.orders.get(ev.client_order_id) or self._done.get(ev.client_order_id)
+        if order is None:
+            log.warning("update for an unknown order %s (%s)", ev.client_order_id, ev.status)
+            return
+        rec = dataclasses.replace(order, status=ev.status, ts=ev.ts, reason=ev.reason or order.reason,
+                                  exchange_order_id=ev.exchange_order_id or order.exchange_order_id, wall_ts=wall_ts)
+        out.append(rec)
+        if ev.status in FINAL:
+            self.orders.pop(ev.client_order_id, None)
+            self._done[ev.client_order_id] = rec
+        if ev.status == "REJECTED":
+            self.stats.rejected += 1
+            pid = client_order_id(order.signal_id, "entry")
+            pos = self.portfolio.positions.get(pid)
+            if pos is not None:
+                if order.leg == "entry" and pos.status == "pending":
+                    self.portfolio.cancel(pid, ev.ts)
+                elif order.leg == "exit" and pos.status == "closing":
+                    pos.to("open")
+                    pos.pending_exit = ""
+
+    def _on_fill(self, ev: FillEvent, sig: Signal, out: list, wall_ts: int) -> None:
+        order = self.orders.get(ev.client_order_id) or self._done.get(ev.client_order_id)
+        if order is None:
+            log.warning("fill for an unknown order %s", ev.client_order_id)
+            return
+        self.stats.fills += 1
+        self._changed = True
+        out.append(Fill(fill_id=f"{ev.client_order_id}:1", client_order_id=ev.client_order_id, symbol=order.symbol,
+                        side=order.side, qty=ev.qty, price=ev.price, fee=ev.fee, ts=ev.ts,
+                        liquidity=ev.liquidity, wall_ts=wall_ts))
+        pf = self.portfolio
+        pid = client_order_id(order.signal_id, "entry")
+        if pid not in pf.positions:
+            log.warning("fill %s for position %s that is not live", ev.client_order_id, pid)
+            return
+        if order.leg == "entry":
+            pos = pf.fill_entry(pid, ev.price, ev.qty, ev.fee, ev.ts)
+            out.append(pos.record())
+            close_side = "SELL" if pos.side == "long" else "BUY"
+            for leg, typ, level in (("stop", "STOP_MARKET", pos.stop), ("target", "TAKE_PROFIT_MARKET", pos.target)):
+                if level <= 0:
+                    continue
+                o = Order(client_order_id=client_order_id(pos.signal_id, leg), signal_id=pos.signal_id,
+                          symbol=pos.symbol, leg=leg, side=close_side, type=typ, qty=pos.qty, price=level,
+                          reduce_only=True, status="NEW", ts=ev.ts)
+                self._submit(o, pos, sig, out, wall_ts)
+        else:
+            pos = pf.positions[pid]
+            reason = ev.trigger or (order.leg if order.leg in ("stop", "target") else pos.pending_exit or "exit")
+            pos = pf.fill_exit(pid, ev.price, ev.fee, ev.ts, reason)
+            self.stats.exits += 1
+            out.append(pos.record())
+            self._cancel_siblings(pos, sig, out, wall_ts, ev.ts)
+
+    # ------------------------------------------------------------------------------------------
+    def to_dict(self) -> dict:
+        return {"portfolio": self.portfolio.to_dict(), "broker": self.broker.to_dict(),
+                "orders": [dataclasses.asdict(o) for o in self.orders.values()],
+                "last_bar": self.last_bar, "flatten": sorted(self.flatten),
+                "instruments": {k: v.to_dict() for k, v in self.instruments.known.items()},
+                "stats": dataclasses.asdict(self.stats)}
+
+    def load_dict(self, d: dict) -> None:
+        from executor.instruments import Instrument
+        self.portfolio = Portfolio.from_dict(d["portfolio"])
+        self.broker.load_dict(d.get("broker", {}))
+        self.orders = {o["client_order_id"]: decode_order(o) for o in d.get("orders", [])}
+        self.last_bar = {k: int(v) for k, v in d.get("last_bar", {}).items()}
+        self.flatten = set(d.get("flatten", []))
+        for k, v in d.get("instruments", {}).items():
+            self.instruments.known.setdefault(k, Instrument(**v))
+        self.stats = EngineStats(**d.get("stats", {}))

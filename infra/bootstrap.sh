@@ -1,0 +1,64 @@
+#!/usr/bin/env bash
+# One entry point for a fresh machine (no Docker engine needed):
+#   bash infra/bootstrap.sh run     # set up, then run the main job on embedded defaults
+#   bash infra/bootstrap.sh test    # set up, start a local Kafka broker, run the test suite
+#   bash infra/bootstrap.sh bench   # set up, run the benchmark suite (prints ratios)
+# Set-up is idempotent: a .venv with the project, and the Apache Kafka jars fetched by Maven.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+ROOT=$(pwd)
+PY=${PYTHON:-python3.11}
+command -v "$PY" >/dev/null 2>&1 || PY=python3
+export SMC_CREDIT=0
+
+setup() {
+  if [ ! -x .venv/bin/python ]; then
+    "$PY" -m venv .venv
+  fi
+  if ! .venv/bin/python -c "import infra.cli, faust, chdb, talib, smartmoneyconcepts" >/dev/null 2>&1; then
+    .venv/bin/python -m pip install -q --upgrade pip
+    .venv/bin/python -m pip install -q -e '.[test]'
+  fi
+  .venv/bin/python -m infra.local_broker fetch >/dev/null
+}
+
+broker_up() {
+  # A real Apache Kafka broker: reuse one given by SMC_KAFKA_BOOTSTRAP, else the local KRaft launcher.
+  if [ -z "${SMC_KAFKA_BOOTSTRAP:-}" ]; then
+    export SMC_KAFKA_HOME=${SMC_KAFKA_HOME:-$ROOT/var/kafka-test}
+    export SMC_KAFKA_PORT=${SMC_KAFKA_PORT:-39092}
+    rm -rf "$SMC_KAFKA_HOME/data"
+    .venv/bin/python -m infra.local_broker start --port "$SMC_KAFKA_PORT" --home "$SMC_KAFKA_HOME" >/dev/null
+    STARTED_BROKER=1
+    export SMC_KAFKA_BOOTSTRAP=127.0.0.1:$SMC_KAFKA_PORT
+  fi
+}
+
+broker_down() {
+  if [ "${STARTED_BROKER:-0}" = 1 ]; then
+    .venv/bin/python -m infra.local_broker stop --home "$SMC_KAFKA_HOME" >/dev/null || true
+  fi
+}
+
+cmd=${1:-test}
+shift || true
+case "$cmd" in
+  setup) setup ;;
+  run)
+    setup
+    exec .venv/bin/smc run "$@"
+    ;;
+  test)
+    setup
+    broker_up
+    trap broker_down EXIT
+    .venv/bin/python -m pytest -m "not bench" -q -p no:cacheprovider "$@"
+    ;;
+  bench)
+    setup
+    broker_up
+    trap broker_down EXIT
+    .venv/bin/python -m pytest -m bench -q -s -p no:cacheprovider "$@"
+    ;;
+  *) echo "usage: bash infra/bootstrap.sh {run|test|bench|setup}" >&2; exit 2 ;;
+esac

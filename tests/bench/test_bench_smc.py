@@ -1,0 +1,106 @@
+"""SMC engine benchmarks (prints only; nothing about speed is asserted).
+
+Run: pytest -m bench -s tests/bench/test_bench_smc.py
+"""
+from __future__ import annotations
+
+import os
+import time
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import polars as pl
+import pytest
+
+os.environ.setdefault("SMC_CREDIT", "0")
+
+from processors.smc import SymbolState, compute_batch_all  # noqa: E402
+
+REPO = Path(__file__).resolve().parents[2]
+COLS = ["open_time", "open", "high", "low", "close", "volume"]
+
+
+def _btc() -> pl.DataFrame:
+    d = pl.read_parquet(REPO / "ingest" / "recorded" / "klines_1m_btc.parquet").rename({"quote_volume": "volume"})
+    return d.sort("open_time").select(COLS)
+
+
+def _package_all(ohlc: pd.DataFrame) -> None:
+    from smartmoneyconcepts.smc import smc
+    smc.fvg(ohlc)
+    shl = smc.swing_highs_lows(ohlc, 5)
+    smc.bos_choch(ohlc, shl)
+    smc.ob(ohlc, shl)
+    smc.liquidity(ohlc, shl)
+
+
+def _ohlc(d: pl.DataFrame) -> pd.DataFrame:
+    return pd.DataFrame({k: d[k].to_numpy() for k in ("open", "high", "low", "close", "volume")})
+
+
+@pytest.mark.bench
+def test_bench_streaming_vs_recompute_window():
+    d = _btc()
+    rows = d.rows()
+    s = SymbolState()
+    for r in rows[:5000]:
+        s.update(r)
+    n = 20000
+    t0 = time.perf_counter()
+    for r in rows[5000:5000 + n]:
+        s.update(r)
+    ours = (time.perf_counter() - t0) / n
+    reps = 5
+    t0 = time.perf_counter()
+    for k in range(reps):
+        end = 10000 + k
+        _package_all(_ohlc(d.slice(end - 500, 500)))
+    theirs = (time.perf_counter() - t0) / reps
+    print(f"\n[streaming, BTC 1m] ours SymbolState.update (1m + 5m engines): {ours * 1e6:.1f} us/bar; "
+          f"package fvg+swings+bos_choch+ob+liquidity on the last 500 bars: {theirs * 1e3:.1f} ms/bar; "
+          f"ratio {theirs / ours:,.0f}x (target >= 1000x)")
+
+
+@pytest.mark.bench
+def test_bench_batch_vs_package():
+    d = _btc().slice(0, 20000)
+    t0 = time.perf_counter()
+    compute_batch_all(d)
+    ours = time.perf_counter() - t0
+    ohlc = _ohlc(d)
+    t0 = time.perf_counter()
+    _package_all(ohlc)
+    theirs = time.perf_counter() - t0
+    n = d.height
+    print(f"\n[batch, BTC 1m, {n} bars] compute_batch_all (1m + 5m, events + features + setups): "
+          f"{ours:.2f} s = {ours / n * 1e6:.1f} us/bar; package (5 functions): {theirs:.2f} s = "
+          f"{theirs / n * 1e6:.1f} us/bar; ratio {theirs / ours:.1f}x (target >= 20x)")
+
+
+@pytest.mark.bench
+def test_bench_300_symbols_one_bar():
+    d = _btc()
+    rows = d.rows()
+    n_sym, warm = 300, 400
+    states = []
+    for k in range(n_sym):
+        s = SymbolState()
+        off = (k * 131) % (len(rows) - warm - 2)
+        for r in rows[off:off + warm]:
+            s.update(r)
+        states.append((s, rows[off + warm]))
+    blobs = [s.to_bytes() for s, _ in states]
+    t0 = time.perf_counter()
+    for s, r in states:
+        s.update(r)
+    upd = time.perf_counter() - t0
+    t0 = time.perf_counter()
+    for b, (_, r) in zip(blobs, states):          # as a Faust table would: load bytes, update, dump bytes
+        x = SymbolState.from_bytes(b)
+        x.update(r)
+        x.to_bytes()
+    rt = time.perf_counter() - t0
+    print(f"\n[300 symbols x 1 bar] in-memory update: {upd * 1e3:.2f} ms ({upd / 60:.5%} of the 60 s budget); "
+          f"with bytes load+dump per symbol: {rt * 1e3:.1f} ms ({rt / 60:.4%}); "
+          f"state size {np.mean([len(b) for b in blobs]) / 1024:.1f} KiB/symbol")

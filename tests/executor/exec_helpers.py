@@ -1,0 +1,64 @@
+"""Builders of realistic Signals for the executor tests (real BTC 1m klines + synthetic setups)."""
+from __future__ import annotations
+
+import dataclasses
+import random
+from pathlib import Path
+
+from schemas import signal as signal_mod
+from schemas.signal import Signal, make_signal_id
+
+ROOT = Path(__file__).resolve().parents[2]
+KLINES_1M = ROOT / "ingest" / "recorded" / "klines_1m_btc.parquet"
+EXCHANGE_INFO = ROOT / "tests" / "data" / "binance" / "http_futures_market_exchange_info.json"
+MIN = 60_000
+T0 = 1_700_006_400_000          # 2023-11-15 00:00:00 UTC (a funding stamp, a day start)
+
+_FIELDS = {f.name for f in dataclasses.fields(Signal)}
+_NFEAT = getattr(signal_mod, "N_FEATURES", 12)
+
+
+def bar(symbol: str, open_time: int, o: float, h: float, l: float, c: float, side: str = "flat",
+        confidence: float = 0.0, entry: float = 0.0, stop: float = 0.0, target: float = 0.0,
+        timeframe: str = "1m", tf_ms: int = MIN, events: dict | None = None) -> Signal:
+    kw = dict(signal_id=make_signal_id(symbol, timeframe, open_time, "test"), strategy_version="test",
+              symbol=symbol, timeframe=timeframe, open_time=open_time, close_time=open_time + tf_ms - 1,
+              open=o, high=h, low=l, close=c, volume=1.0, atr=abs(h - l) or 1.0, events=events or {},
+              features=[0.0] * _NFEAT, confidence=confidence, side=side, entry=entry, stop=stop, target=target)
+    if "feature_names" in _FIELDS:
+        kw["feature_names"] = [f"f{i}" for i in range(_NFEAT)]
+    return Signal(**kw)
+
+
+def flat_bars(symbol: str, start: int, n: int, price: float, spread: float = 0.0) -> list[Signal]:
+    return [bar(symbol, start + i * MIN, price, price + spread, price - spread, price) for i in range(n)]
+
+
+def recorded_signals(n: int, symbols: tuple[str, ...] = ("BTCUSDT",), seed: int = 11, setup_every: int = 7,
+                     offset: int = 0) -> list[Signal]:
+    """Real BTC 1m bars (other symbols: the same bars scaled), with a long/short setup on some bars:
+    entry = close, stop beyond the bar's extreme by a fraction of the range (1-3 ATR-ish), target 2R,
+    confidence drawn over the whole [0.5, 0.95] range so every tier and the no-trade band occur."""
+    import polars as pl
+    df = pl.read_parquet(KLINES_1M).slice(offset, n)
+    rows = df.select("open_time", "open", "high", "low", "close").rows()
+    rng = random.Random(seed)
+    scale = {"BTCUSDT": 1.0, "ETHUSDT": 1 / 13.0, "SOLUSDT": 1 / 250.0}
+    out: list[Signal] = []
+    for i, (ot, o, h, l, c) in enumerate(rows):
+        for sym in symbols:
+            k = scale.get(sym, 1.0)
+            o2, h2, l2, c2 = (round(x * k, 2) for x in (o, h, l, c))
+            h2, l2 = max(h2, o2, c2), min(l2, o2, c2)
+            if rng.randrange(setup_every) == 0:
+                side = rng.choice(("long", "short"))
+                rngp = max(h2 - l2, c2 * 0.0005)
+                dist = round(rngp * rng.uniform(1.0, 3.0), 2) or 0.01
+                entry = c2
+                stop, target = (entry - dist, entry + 2 * dist) if side == "long" else (entry + dist, entry - 2 * dist)
+                conf = round(rng.uniform(0.5, 0.95), 4)
+                out.append(bar(sym, ot, o2, h2, l2, c2, side, conf, entry, round(stop, 2), round(target, 2),
+                               events={"fvg": 1} if rng.random() < 0.5 else {"ob": 1}))
+            else:
+                out.append(bar(sym, ot, o2, h2, l2, c2, confidence=round(rng.uniform(0.0, 0.6), 4)))
+    return out

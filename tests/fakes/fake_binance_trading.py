@@ -1,0 +1,369 @@
+"""A fake Binance USDT-M trading API (aiohttp), for the executor's Binance broker tests.
+
+Self-contained: `FakeBinanceTrading(api_key, api_secret).start()` serves on 127.0.0.1:<random port>
+from a background thread and returns the base URL. It checks what the real exchange checks first:
+the X-MBX-APIKEY header (-2015), the HMAC-SHA256 signature of the query string + body (-1022) and
+the timestamp against recvWindow (-1021, with a settable clock skew), then answers in the layouts of
+tests/data/binance (futures_order_response.json, futures_open_algo_orders.json,
+futures_position_risk.json, futures_balance.json). MARKET orders fill at once at the symbol's mark.
+
+Faults are queued per endpoint: `fault("POST /fapi/v1/order", kind, **kw)` with kind
+  error            answer with Binance error `code` (HTTP `status`), the order is NOT processed
+  accept_then_error process the order, then answer error `code` (e.g. -1007: outcome unknown)
+  accept_then_hang  process the order, then hold the answer for `seconds` (the client times out)
+  rate_limit        HTTP 429 with Retry-After, not processed
+"""
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import hmac
+import itertools
+import threading
+import time
+from collections import defaultdict, deque
+from pathlib import Path
+
+import orjson
+from aiohttp import web
+
+DATA = Path(__file__).resolve().parents[1] / "data" / "binance"
+
+
+def _filters(exchange_info: dict) -> dict[str, dict]:
+    out = {}
+    for s in exchange_info["symbols"]:
+        f = {x["filterType"]: x for x in s["filters"]}
+        out[s["symbol"]] = {"tick": float(f["PRICE_FILTER"]["tickSize"]), "step": float(f["MARKET_LOT_SIZE"]["stepSize"]),
+                            "min_notional": float(f.get("MIN_NOTIONAL", {}).get("notional", 0))}
+    return out
+
+
+class FakeBinanceTrading:
+    def __init__(self, api_key: str, api_secret: str, marks: dict[str, float] | None = None,
+                 balance: float = 10_000.0, leverage: int = 20) -> None:
+        self.api_key, self.api_secret = api_key, api_secret
+        info = orjson.loads((DATA / "http_futures_market_exchange_info.json").read_bytes())
+        self.symbols = _filters(info)
+        self.marks = dict(marks or {"BTCUSDT": 50_000.0, "ETHUSDT": 2_000.0})
+        self.balance, self.leverage = balance, leverage
+        self.clock_skew_ms = 0                       # the exchange's clock minus ours
+        self.orders: dict[int, dict] = {}
+        self.algos: dict[int, dict] = {}
+        self.positions: dict[str, float] = defaultdict(float)
+        self.entry_price: dict[str, float] = {}
+        self.requests: list[tuple[str, str, dict]] = []   # (method, path, params without signature)
+        self.signatures: list[str] = []                    # every signature received (secret-leak scans)
+        self.faults: dict[str, deque] = defaultdict(deque)
+        self.weight_used = 0
+        self.order_count = 0
+        self._ids = itertools.count(8_886_774)
+        self._algo_ids = itertools.count(2_148_719)
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._thread: threading.Thread | None = None
+        self._runner = None
+        self.base_url = ""
+
+    # --- test controls ------------------------------------------------------------------------
+    def fault(self, endpoint: str, kind: str, **kw) -> None:
+        self.faults[endpoint].append({"kind": kind, **kw})
+
+    def now_ms(self) -> int:
+        return int(time.time() * 1000) + self.clock_skew_ms
+
+    def orders_with_client_id(self, cid: str) -> list[dict]:
+        return [o for o in self.orders.values() if o["clientOrderId"] == cid]
+
+    def trigger(self, symbol: str, price: float) -> list[dict]:
+        """Move the mark and fire the conditional orders it crosses (filled at `price`)."""
+        self.marks[symbol] = price
+        fired = []
+        for a in self.algos.values():
+            if a["symbol"] != symbol or a["algoStatus"] != "NEW":
+                continue
+            trig = float(a["triggerPrice"])
+            long_exit = a["side"] == "SELL"
+            hit = (price <= trig if long_exit else price >= trig) if a["type"] == "STOP_MARKET" else \
+                  (price >= trig if long_exit else price <= trig)
+            if hit:
+                o = self._fill_market(symbol, a["side"], float(a["quantity"]), f"algo{a['algoId']}", True)
+                a.update(algoStatus="FINISHED", actualOrderId=str(o["orderId"]), actualPrice=o["avgPrice"],
+                         triggerTime=self.now_ms())
+                fired.append(a)
+        return fired
+
+    # --- server lifecycle ---------------------------------------------------------------------
+    def app(self) -> web.Application:
+        app = web.Application()
+        r = app.router
+        r.add_get("/fapi/v1/time", self._time)
+        r.add_post("/fapi/v1/order", self._new_order)
+        r.add_get("/fapi/v1/order", self._get_order)
+        r.add_delete("/fapi/v1/order", self._cancel_order)
+        r.add_post("/fapi/v1/algoOrder", self._new_algo)
+        r.add_get("/fapi/v1/algoOrder", self._get_algo)
+        r.add_delete("/fapi/v1/algoOrder", self._cancel_algo)
+        r.add_get("/fapi/v1/openOrders", self._open_orders)
+        r.add_get("/fapi/v1/openAlgoOrders", self._open_algos)
+        r.add_get("/fapi/v2/positionRisk", self._position_risk)
+        r.add_get("/fapi/v2/balance", self._balance)
+        return app
+
+    def start(self) -> str:
+        ready = threading.Event()
+
+        def serve():
+            self._loop = asyncio.new_event_loop()
+            asyncio.set_event_loop(self._loop)
+            self._runner = web.AppRunner(self.app(), access_log=None)
+            self._loop.run_until_complete(self._runner.setup())
+            site = web.TCPSite(self._runner, "127.0.0.1", 0)
+            self._loop.run_until_complete(site.start())
+            port = site._server.sockets[0].getsockname()[1]
+            self.base_url = f"http://127.0.0.1:{port}"
+            ready.set()
+            self._loop.run_forever()
+            self._loop.run_until_complete(self._runner.cleanup())
+            self._loop.close()
+
+        self._thread = threading.Thread(target=serve, name="fake-binance-trading", daemon=True)
+        self._thread.start()
+        ready.wait(10)
+        return self.base_url
+
+    def stop(self) -> None:
+        if self._loop is not None:
+            self._loop.call_soon_threadsafe(self._loop.stop)
+            self._thread.join(10)
+
+    # --- plumbing -------------------------------------------------------------------------------
+    def _json(self, data, status: int = 200, headers: dict | None = None) -> web.Response:
+        h = {"X-MBX-USED-WEIGHT-1M": str(self.weight_used), "X-MBX-ORDER-COUNT-10S": str(self.order_count),
+             "X-MBX-ORDER-COUNT-1M": str(self.order_count)}
+        h.update(headers or {})
+        return web.Response(body=orjson.dumps(data), status=status, content_type="application/json", headers=h)
+
+    def _err(self, code: int, msg: str, status: int = 400, headers: dict | None = None) -> web.Response:
+        return self._json({"code": code, "msg": msg}, status, headers)
+
+    async def _auth(self, request: web.Request, weight: int = 1):
+        """(params, None) when the request is authentic, else (None, error response)."""
+        self.weight_used += weight
+        body = (await request.read()).decode()
+        qs = request.query_string
+        if request.headers.get("X-MBX-APIKEY") != self.api_key:
+            return None, self._err(-2015, "Invalid API-key, IP, or permissions for action.", 401)
+        full = qs + body
+        if "&signature=" not in full:
+            return None, self._err(-1102, "Mandatory parameter 'signature' was not sent, was empty/null, or malformed.")
+        payload, _, sig = full.rpartition("&signature=")
+        self.signatures.append(sig)
+        good = hmac.new(self.api_secret.encode(), payload.encode(), hashlib.sha256).hexdigest()
+        if not hmac.compare_digest(good, sig):
+            return None, self._err(-1022, "Signature for this request is not valid.")
+        params = dict(request.query)
+        params.pop("signature", None)
+        ts, window = int(params.get("timestamp", 0)), int(params.get("recvWindow", 5000))
+        now = self.now_ms()
+        if ts > now + 1000 or now - ts > window:
+            return None, self._err(-1021, "Timestamp for this request is outside of the recvWindow.")
+        self.requests.append((request.method, request.path, params))
+        return params, None
+
+    async def _fault(self, endpoint: str, phase: str):
+        q = self.faults.get(endpoint)
+        if not q:
+            return None
+        f = q[0]
+        if phase == "before" and f["kind"] in ("error", "rate_limit"):
+            q.popleft()
+            if f["kind"] == "rate_limit":
+                return self._err(-1003, "Too many requests; please use the websocket for live updates.", 429,
+                                 {"Retry-After": str(f.get("retry_after", 1))})
+            return self._err(f["code"], f.get("msg", "injected"), f.get("status", 400))
+        if phase == "after" and f["kind"] in ("accept_then_error", "accept_then_hang"):
+            q.popleft()
+            if f["kind"] == "accept_then_hang":
+                await asyncio.sleep(f.get("seconds", 5))
+                return None
+            return self._err(f["code"], f.get("msg", "Timeout waiting for response from backend server. "
+                                                       "Send status unknown; execution status unknown."), f.get("status", 503))
+        return None
+
+    # --- endpoints ------------------------------------------------------------------------------
+    async def _time(self, request):
+        return self._json({"serverTime": self.now_ms()})
+
+    def _check_symbol_qty(self, symbol: str, qty: float, reduce_only: bool, side: str):
+        if symbol not in self.symbols:
+            return self._err(-1121, "Invalid symbol.")
+        spec = self.symbols[symbol]
+        steps = qty / spec["step"]
+        if qty <= 0 or abs(steps - round(steps)) > 1e-9:
+            return self._err(-1111, "Precision is over the maximum defined for this asset.")
+        mark = self.marks.get(symbol, 0.0)
+        pos = self.positions[symbol]
+        if reduce_only:
+            if pos == 0 or (pos > 0) == (side == "BUY"):
+                return self._err(-2022, "ReduceOnly Order is rejected.")
+            return None
+        if qty * mark < spec["min_notional"]:
+            return self._err(-4164, f"Order's notional must be no smaller than {spec['min_notional']} (unless you choose reduce only).")
+        used = sum(abs(q) * self.marks.get(s, 0) for s, q in self.positions.items()) / self.leverage
+        if used + qty * mark / self.leverage > self.balance:
+            return self._err(-2019, "Margin is insufficient.")
+        return None
+
+    def _fill_market(self, symbol: str, side: str, qty: float, cid: str, reduce_only: bool) -> dict:
+        price = self.marks[symbol]
+        signed = qty if side == "BUY" else -qty
+        self.positions[symbol] = round(self.positions[symbol] + signed, 10)
+        if self.positions[symbol] != 0:
+            self.entry_price[symbol] = price
+        now = self.now_ms()
+        oid = next(self._ids)
+        o = {"orderId": oid, "symbol": symbol, "status": "FILLED", "clientOrderId": cid, "price": "0.00",
+             "avgPrice": f"{price}", "origQty": f"{qty}", "executedQty": f"{qty}", "cumQuote": f"{price * qty}",
+             "timeInForce": "GTC", "type": "MARKET", "reduceOnly": reduce_only, "closePosition": False, "side": side,
+             "positionSide": "BOTH", "stopPrice": "0.00", "workingType": "CONTRACT_PRICE", "priceProtect": False,
+             "origType": "MARKET", "priceMatch": "NONE", "selfTradePreventionMode": "NONE", "goodTillDate": 0,
+             "time": now, "updateTime": now}
+        self.orders[oid] = o
+        return o
+
+    async def _new_order(self, request):
+        params, err = await self._auth(request, 0)
+        if err:
+            return err
+        bad = await self._fault("POST /fapi/v1/order", "before")
+        if bad:
+            return bad
+        self.order_count += 1
+        symbol, side, typ = params.get("symbol", ""), params.get("side", ""), params.get("type", "")
+        cid = params.get("newClientOrderId", "")
+        if typ != "MARKET":
+            return self._err(-1116, "Invalid orderType.")
+        if any(o["clientOrderId"] == cid and o["status"] == "NEW" for o in self.orders.values()):
+            return self._err(-4116, "ClientOrderId is duplicated.")
+        reduce_only = params.get("reduceOnly") == "true"
+        qty = float(params.get("quantity", 0))
+        rej = self._check_symbol_qty(symbol, qty, reduce_only, side)
+        if rej:
+            return rej
+        o = self._fill_market(symbol, side, qty, cid, reduce_only)
+        late = await self._fault("POST /fapi/v1/order", "after")
+        if late:
+            return late
+        return self._json(o)
+
+    async def _get_order(self, request):
+        params, err = await self._auth(request)
+        if err:
+            return err
+        if params.get("symbol") not in self.symbols:
+            return self._err(-1121, "Invalid symbol.")
+        for o in self.orders.values():
+            if (params.get("origClientOrderId") and o["clientOrderId"] == params["origClientOrderId"]) or \
+               (params.get("orderId") and str(o["orderId"]) == params["orderId"]):
+                return self._json(o)
+        return self._err(-2013, "Order does not exist.")
+
+    async def _cancel_order(self, request):
+        params, err = await self._auth(request)
+        if err:
+            return err
+        for o in self.orders.values():
+            if o["clientOrderId"] == params.get("origClientOrderId"):
+                if o["status"] != "NEW":
+                    return self._err(-2011, "Unknown order sent.")
+                o["status"] = "CANCELED"
+                return self._json(o)
+        return self._err(-2011, "Unknown order sent.")
+
+    async def _new_algo(self, request):
+        params, err = await self._auth(request, 0)
+        if err:
+            return err
+        bad = await self._fault("POST /fapi/v1/algoOrder", "before")
+        if bad:
+            return bad
+        self.order_count += 1
+        if params.get("algoType") != "CONDITIONAL":
+            return self._err(-1116, "Invalid algoType.")
+        if params.get("type") not in ("STOP_MARKET", "TAKE_PROFIT_MARKET"):
+            return self._err(-1116, "Invalid orderType.")
+        symbol = params.get("symbol", "")
+        if symbol not in self.symbols:
+            return self._err(-1121, "Invalid symbol.")
+        cid = params.get("clientAlgoId", "")
+        if any(a["clientAlgoId"] == cid and a["algoStatus"] == "NEW" for a in self.algos.values()):
+            return self._err(-4116, "ClientOrderId is duplicated.")
+        now = self.now_ms()
+        aid = next(self._algo_ids)
+        a = {"algoId": aid, "clientAlgoId": cid, "algoType": "CONDITIONAL", "type": params["type"],
+             "orderType": params["type"], "symbol": symbol, "side": params.get("side"), "positionSide": "BOTH",
+             "timeInForce": "GTC", "quantity": params.get("quantity"), "algoStatus": "NEW", "actualOrderId": "",
+             "actualPrice": "0.00000", "triggerPrice": params.get("triggerPrice"), "price": "0.000",
+             "workingType": params.get("workingType", "CONTRACT_PRICE"), "priceMatch": "NONE",
+             "closePosition": params.get("closePosition") == "true", "priceProtect": False,
+             "reduceOnly": params.get("reduceOnly") == "true", "createTime": now, "updateTime": now,
+             "triggerTime": 0, "goodTillDate": 0}
+        self.algos[aid] = a
+        late = await self._fault("POST /fapi/v1/algoOrder", "after")
+        if late:
+            return late
+        return self._json(a)
+
+    async def _get_algo(self, request):
+        params, err = await self._auth(request)
+        if err:
+            return err
+        for a in self.algos.values():
+            if a["clientAlgoId"] == params.get("clientAlgoId") or str(a["algoId"]) == params.get("algoId"):
+                return self._json(a)
+        return self._err(-2013, "Order does not exist.")
+
+    async def _cancel_algo(self, request):
+        params, err = await self._auth(request)
+        if err:
+            return err
+        for a in self.algos.values():
+            if a["clientAlgoId"] == params.get("clientAlgoId") and a["algoStatus"] == "NEW":
+                a["algoStatus"] = "CANCELED"
+                return self._json({"algoId": a["algoId"], "clientAlgoId": a["clientAlgoId"], "code": "200", "msg": "success"})
+        return self._err(-2011, "Unknown order sent.")
+
+    async def _open_orders(self, request):
+        params, err = await self._auth(request)
+        if err:
+            return err
+        return self._json([o for o in self.orders.values() if o["status"] == "NEW"])
+
+    async def _open_algos(self, request):
+        params, err = await self._auth(request)
+        if err:
+            return err
+        return self._json([a for a in self.algos.values() if a["algoStatus"] == "NEW"])
+
+    async def _position_risk(self, request):
+        params, err = await self._auth(request, 5)
+        if err:
+            return err
+        template = orjson.loads((DATA / "futures_position_risk.json").read_bytes())[0]
+        out = []
+        for sym, amt in self.positions.items():
+            if amt == 0:
+                continue
+            mark = self.marks[sym]
+            out.append({**template, "symbol": sym, "positionAmt": f"{amt}", "entryPrice": f"{self.entry_price[sym]}",
+                        "markPrice": f"{mark}", "unRealizedProfit": f"{(mark - self.entry_price[sym]) * amt}",
+                        "notional": f"{mark * amt}", "leverage": str(self.leverage), "updateTime": self.now_ms()})
+        return self._json(out)
+
+    async def _balance(self, request):
+        params, err = await self._auth(request, 5)
+        if err:
+            return err
+        template = orjson.loads((DATA / "futures_balance.json").read_bytes())[0]
+        return self._json([{**template, "balance": f"{self.balance}", "availableBalance": f"{self.balance}",
+                            "updateTime": self.now_ms()}])

@@ -1,0 +1,68 @@
+"""The committed models/lgbm_smc.{txt,json}: contract with processors.scoring, batch == streaming scores."""
+from __future__ import annotations
+
+import hashlib
+import json
+
+import numpy as np
+import polars as pl
+import pytest
+
+from models.dataset import REPO, WIDE_1H, load_klines, smc_config, symbol_features
+from processors.core import KlineProcessor
+from processors.scoring import LightGBMScorer
+from processors.smc import FEATURE_NAMES
+from schemas import Kline, decode_signal, encode_kline
+
+MODEL = REPO / "models" / "lgbm_smc.txt"
+H = 3_600_000
+
+
+@pytest.fixture(scope="module")
+def scorer():
+    return LightGBMScorer(MODEL)
+
+
+def test_metadata(scorer):
+    meta = json.loads(MODEL.with_suffix(".json").read_text())
+    assert meta["feature_names"] == list(FEATURE_NAMES)
+    assert hashlib.sha256(MODEL.read_bytes()).hexdigest() == meta["content_hash"]
+    assert scorer.version == meta["version"] == f"lgbm-{meta['content_hash'][:8]}"
+    assert scorer.booster.num_trees() <= 300 and MODEL.stat().st_size < 2_000_000
+    x, y = np.array(meta["calibration"]["x"]), np.array(meta["calibration"]["y"])
+    assert np.all(np.diff(x) >= 0) and np.all(np.diff(y) >= 0) and 0 <= y.min() and y.max() <= 1
+    tr = meta["training"]
+    assert tr["window"]["to_ms"] < tr["holdout_start_ms"]          # nothing of the holdout was trained on
+    for k in ("label", "cv", "libraries", "reproduce", "params"):
+        assert k in meta
+
+
+def test_batch_and_streaming_scores_are_identical(scorer):
+    kl = load_klines(WIDE_1H, ["BTCUSDT", "DOGEUSDT"]).group_by("symbol", maintain_order=True).head(300)
+    cfg = smc_config()
+    want = {}
+    for (sym,), bars in kl.group_by(["symbol"], maintain_order=True):
+        f = symbol_features(bars, cfg)
+        conf = scorer.score(f.select(FEATURE_NAMES).to_numpy())
+        want.update({(sym, t): c for t, c in zip(f["open_time"].to_list(), conf)})
+    proc = KlineProcessor(scorer, "test", interval="1h", htf_factor=5)
+    states: dict[str, bytes] = {}
+    got = {}
+    rows = kl.sort(["open_time", "symbol"]).iter_rows(named=True)
+    recs = [(r["symbol"].encode(), encode_kline(Kline(symbol=r["symbol"], interval="1h", open_time=r["open_time"],
+                                                       close_time=r["open_time"] + H - 1, open=r["open"],
+                                                       high=r["high"], low=r["low"], close=r["close"],
+                                                       volume=r["volume"], source="replay")))
+            for r in rows]
+    for i in range(0, len(recs), 7):                                      # small, uneven batches
+        res = proc.process(recs[i:i + 7], states.get)
+        assert not res.rejects
+        states.update(res.states)
+        for _, raw in res.signals:
+            s = decode_signal(raw)
+            if s.timeframe == "1h":
+                assert s.model_version == scorer.version
+                got[(s.symbol, s.open_time)] = s.confidence
+    assert len(got) == len(want) == 600
+    diff = max(abs(got[k] - want[k]) for k in want)
+    assert diff <= 1e-12, diff

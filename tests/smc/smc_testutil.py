@@ -1,0 +1,81 @@
+"""Helpers for the SMC tests (imported by test modules in this directory)."""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import polars as pl
+
+os.environ.setdefault("SMC_CREDIT", "0")
+
+REPO = Path(__file__).resolve().parents[2]
+RECORDED = REPO / "ingest" / "recorded"
+REF = REPO / "tests" / "data" / "smc_reference"
+COLS = ["open_time", "open", "high", "low", "close", "volume"]
+
+
+def load_btc_1m() -> pl.DataFrame:
+    d = pl.read_parquet(RECORDED / "klines_1m_btc.parquet").rename({"quote_volume": "volume"})
+    return d.sort("open_time").select(COLS)
+
+
+def load_1h() -> pl.DataFrame:
+    return pl.read_parquet(RECORDED / "klines_1h.parquet").sort(["symbol", "open_time"])
+
+
+def symbol_frame(d: pl.DataFrame, sym: str) -> pl.DataFrame:
+    return d.filter(pl.col("symbol") == sym).select(COLS)
+
+
+def load_eurusd() -> pl.DataFrame:
+    p = pd.read_csv(REF / "EURUSD_15M.csv.gz")
+    t = pd.to_datetime(p["Date"], format="%Y.%m.%d %H:%M:%S").astype("int64") // 1_000_000
+    return pl.DataFrame({"open_time": t.to_numpy(), "open": p["Open"].to_numpy(), "high": p["High"].to_numpy(),
+                         "low": p["Low"].to_numpy(), "close": p["Close"].to_numpy(),
+                         "volume": p["Volume"].to_numpy().astype(float)})
+
+
+def load_ref(name: str) -> pd.DataFrame:
+    return pd.read_csv(REF / f"{name}_result_data.csv.gz")
+
+
+def to_pandas_ohlc(d: pl.DataFrame) -> pd.DataFrame:
+    return pd.DataFrame({k: d[k].to_numpy() for k in ("open", "high", "low", "close", "volume")})
+
+
+def run_engine(d: pl.DataFrame, engine) -> list:
+    up = engine.update
+    return [up(r) for r in d.rows()]
+
+
+def run_symbol_state(d: pl.DataFrame, state):
+    base, htf = [], []
+    up = state.update
+    for r in d.rows():
+        out = up(r)
+        base.append(out[0])
+        htf.extend(out[1:])
+    return base, htf
+
+
+def assert_outputs_equal_frame(outs: list, frame: pl.DataFrame, tol: float = 1e-9, what: str = "") -> None:
+    """Every BarOutput equals the batch row: events exact (JSON), floats to tol (relative for prices)."""
+    from processors.smc import FEATURE_NAMES
+    assert len(outs) == frame.height, f"{what}: {len(outs)} outputs vs {frame.height} rows"
+    ev = frame["events"].to_list()
+    feats = frame.select(list(FEATURE_NAMES)).to_numpy()
+    num = frame.select(["open_time", "atr", "rsi", "setup_entry", "setup_stop", "setup_target"]).to_numpy()
+    side = frame["setup_side"].to_list()
+    tf = frame["timeframe"].to_list()
+    for i, o in enumerate(outs):
+        assert o.timeframe == tf[i], (what, i)
+        assert o.open_time == int(num[i, 0]), (what, i)
+        assert o.events_json().decode() == ev[i], f"{what} bar {i}: events {o.events_json()} != {ev[i]}"
+        f = np.asarray(o.features)
+        assert np.all(np.abs(f - feats[i]) <= tol), f"{what} bar {i}: features {f} != {feats[i]}"
+        for j, x in enumerate((o.atr, o.rsi, o.setup.entry, o.setup.stop, o.setup.target), start=1):
+            y = num[i, j]
+            assert (np.isnan(x) and np.isnan(y)) or abs(x - y) <= tol * max(1.0, abs(y)), (what, i, j, x, y)
+        assert o.setup.side == side[i], (what, i)
