@@ -25,6 +25,15 @@ from .dataset import RECORDED, build_dataset, load_klines, smc_config
 from .labels import LabelConfig
 from .train import metrics
 
+def auc_se(a: float, y: np.ndarray) -> float:
+    """Hanley & McNeil (1982) standard error of an AUC."""
+    n1, n0 = int(np.sum(y == 1)), int(np.sum(y == 0))
+    if not n1 or not n0 or not np.isfinite(a):
+        return float("nan")
+    q1, q2 = a / (2 - a), 2 * a * a / (1 + a)
+    return float(np.sqrt((a * (1 - a) + (n1 - 1) * (q1 - a * a) + (n0 - 1) * (q2 - a * a)) / (n1 * n0)))
+
+
 TIERS = (("> 0.85", 0.85, np.inf), ("0.70-0.85", 0.70, 0.85), ("0.60-0.70", 0.60, 0.70), ("<= 0.60", -np.inf, 0.60))
 
 
@@ -42,14 +51,14 @@ def tier_table(p: np.ndarray, y: np.ndarray, r: np.ndarray) -> list[dict]:
 
 
 def reliability(p: np.ndarray, y: np.ndarray, bins: int = 10) -> list[dict]:
-    edges = np.linspace(0, 1, bins + 1)
-    b = np.clip(np.digitize(p, edges[1:-1]), 0, bins - 1)
+    """Equal-count bins of the predicted probability (scores concentrate in a narrow range)."""
+    if len(p) == 0:
+        return []
+    order = np.argsort(p, kind="stable")
     out = []
-    for k in range(bins):
-        m = b == k
-        if m.any():
-            out.append({"lo": float(edges[k]), "hi": float(edges[k + 1]), "n": int(m.sum()),
-                        "mean_pred": float(p[m].mean()), "observed": float(y[m].mean())})
+    for ix in np.array_split(order, min(bins, len(p))):
+        out.append({"lo": float(p[ix].min()), "hi": float(p[ix].max()), "n": int(len(ix)),
+                    "mean_pred": float(p[ix].mean()), "observed": float(y[ix].mean())})
     return out
 
 
@@ -62,7 +71,7 @@ def decile_r(p: np.ndarray, r: np.ndarray, q: int = 10) -> list[dict]:
              "hit_rate": float(np.mean(r[ix] > 0))} for k, ix in enumerate(np.array_split(order, q))]
 
 
-def evaluate_sets(scorer: LightGBMScorer, sets: dict[str, pl.DataFrame]) -> dict:
+def evaluate_sets(scorer: LightGBMScorer, sets: dict[str, pl.DataFrame], train_base_rate: float | None = None) -> dict:
     heur = HeuristicScorer()
     res = {}
     for name, ds in sets.items():
@@ -75,6 +84,7 @@ def evaluate_sets(scorer: LightGBMScorer, sets: dict[str, pl.DataFrame]) -> dict
         for sname, sc in (("model", scorer), ("heuristic", heur)):
             p = sc.score(X)
             m = metrics(y, p)
+            m["auc_se"] = auc_se(m["auc"], y)
             taken = p > 0.60
             entry[sname] = {**m, "tiers": tier_table(p, y, r), "reliability": reliability(p, y),
                             "deciles": decile_r(p, r), "score_min": float(p.min()), "score_max": float(p.max()),
@@ -84,6 +94,8 @@ def evaluate_sets(scorer: LightGBMScorer, sets: dict[str, pl.DataFrame]) -> dict
                                                  "mean_r": float(r[taken].mean()) if taken.any() else float("nan")}}
             entry[sname]["_p"] = p
         entry["model"]["auc_raw"] = metrics(y, scorer.raw(X))["auc"]
+        if train_base_rate is not None:   # the no-skill forecast: the training base rate for every setup
+            entry["constant_base_rate"] = {"p": train_base_rate, **metrics(y, np.full(len(y), train_base_rate))}
         entry["_y"], entry["_r"] = y, r
         res[name] = entry
     return res
@@ -182,13 +194,16 @@ def summary_text(res: dict, meta: dict) -> str:
         for s in ("model", "heuristic"):
             m = e[s]
             t = m["trades_over_0_60"]
-            lines.append(f"  {s:9s} AUC {m['auc']:.4f}  logloss {m['log_loss']:.4f}  Brier {m['brier']:.4f}  "
+            lines.append(f"  {s:9s} AUC {m['auc']:.4f} (±{m['auc_se']:.4f} s.e.)  logloss {m['log_loss']:.4f}  Brier {m['brier']:.4f}  "
                          f"scores [{m['score_min']:.3f}, {m['score_max']:.3f}] mean {m['score_mean']:.3f}  "
                          f"conf>0.60: n={t['n']} hit={t['hit_rate']:.3f} meanR={t['mean_r']:+.3f}")
             for row in m["tiers"]:
                 lines.append(f"    tier {row['tier']:10s} n={row['n']:6d} hit={row['hit_rate']:.3f} "
                              f"meanR={row['mean_r']:+.3f} totalR={row['total_r']:+.1f}")
             d = m["deciles"]
+            if s == "heuristic" and "constant_base_rate" in e:
+                c = e["constant_base_rate"]
+                lines.append(f"  constant  p={c['p']:.4f} (training base rate): logloss {c['log_loss']:.4f}  Brier {c['brier']:.4f}")
             if d:
                 lines.append(f"    mean R, lowest vs highest score decile: {d[0]['mean_r']:+.3f} vs {d[-1]['mean_r']:+.3f}")
         lines.append("")
@@ -223,14 +238,16 @@ def print_table(res: dict) -> None:
             m = e[s]
             cells = [f"{r['n']} {r['hit_rate']:.2f}/{r['mean_r']:+.2f}" if r["n"] else "0" for r in m["tiers"]]
             t.add_row(name, s, str(e["n"]), f"{m['auc']:.4f}", f"{m['log_loss']:.4f}", f"{m['brier']:.4f}", *cells)
-    Console().print(t)
+    con = Console()
+    con.width = max(con.width, 150)
+    con.print(t)
 
 
 def run_evaluate(model: str | Path = "models/lgbm_smc.txt", out: str | Path = "reports/model",
                  data: str | None = None, holdout_data: str | None = None) -> dict:
     scorer = LightGBMScorer(model)
     meta = scorer.meta
-    res = evaluate_sets(scorer, holdout_sets(meta, data, holdout_data))
+    res = evaluate_sets(scorer, holdout_sets(meta, data, holdout_data), meta.get("training", {}).get("base_rate"))
     page = write_report(res, meta, out)
     print_table(res)
     print(summary_text(res, meta))

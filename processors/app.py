@@ -58,7 +58,12 @@ def create_app(settings: Settings) -> faust.App:
         producer_acks=-1,
         producer_linger_ms=2,
         consumer_auto_offset_reset="earliest",
-        stream_buffer_maxsize=BATCH_MAX * 4,
+        # One poll must never hold more records than the stream queue has room for: a full queue blocks
+        # the conductor, and during a rebalance that starves table recovery forever (faust #74-like
+        # deadlock, seen here 1 run in 4 with two workers). Small polls + a large queue keep Faust's
+        # pressure-based partition pausing in charge instead.
+        stream_buffer_maxsize=32_768,
+        broker_max_poll_records=BATCH_MAX,
         table_standby_replicas=0,
     )
     klines = app.topic(topic_name("klines", settings.namespace), key_type=bytes, value_type=bytes,

@@ -32,8 +32,10 @@ class Decision:
     signal_id: str
     symbol: str
     ts: int
-    action: str            # enter | skip | exit | hold
-    reason: str            # e.g. below_threshold, notional_cap, min_notional, max_positions, daily_loss_limit
+    action: str            # enter | skip | exit
+    reason: str            # enter: ok | notional_cap; skip: flat, below_threshold, timeframe, daily_loss_limit,
+                           # already_in_position, max_positions, zero_distance, invalid_prices, min_notional,
+                           # min_qty, unknown_symbol; exit: max_hold | stagnation | manual (executor.strategy/exits)
     confidence: float
     risk_pct: float = 0.0
     qty: float = 0.0
@@ -90,12 +92,12 @@ class Position:
     closed_at: int = 0
     exit_price: float = 0.0
     exit_reason: str = ""  # stop | target | max_hold | stagnation | manual
-    realized_pnl: float = 0.0
+    realized_pnl: float = 0.0   # NET: price PnL - fees - funding (so far, while open: -(fees + funding))
     fees: float = 0.0
-    funding: float = 0.0
+    funding: float = 0.0        # > 0 paid, < 0 received
     confidence: float = 0.0
     pattern: str = ""
-    updated_at: int = 0
+    updated_at: int = 0         # event time, strictly increasing per position (ReplacingMergeTree version)
     v: int = SCHEMA_VERSION
 
 

@@ -11,13 +11,10 @@ import sys
 import time
 from pathlib import Path
 
-_ROOT = Path(__file__).resolve().parents[2]
-for _p in (str(_ROOT), str(_ROOT / "tests" / "executor")):
-    if _p not in sys.path:
-        sys.path.insert(0, _p)
-if getattr(sys.modules.get("executor"), "__file__", "x") is None:     # tests/executor shadowing the package
-    for _n in [n for n in sys.modules if n == "executor" or n.startswith("executor.")]:
-        del sys.modules[_n]
+_HELPERS = str(Path(__file__).resolve().parents[1] / "executor")
+if _HELPERS not in sys.path:
+    sys.path.insert(0, _HELPERS)
+import exec_helpers  # noqa: E402,F401  (first: fixes tests/executor shadowing the executor package)
 
 import pytest  # noqa: E402
 

@@ -1,12 +1,29 @@
-"""Builders of realistic Signals for the executor tests (real BTC 1m klines + synthetic setups)."""
+"""Builders of realistic Signals for the executor tests (real BTC 1m klines + synthetic setups).
+
+Import this module FIRST in every executor test module: tests/executor has no __init__.py (pytest's
+rootdir-style imports), so tests/ is on sys.path and this directory would shadow the real `executor`
+package as a namespace package. The shim below puts the repo root first and drops such a shadow.
+(A conftest.py here cannot do it: it would be imported as the module `conftest`, replacing
+tests/conftest.py for `from conftest import ...`. The lead may instead set pytest's
+`pythonpath = ["."]` in pyproject.toml.)
+"""
 from __future__ import annotations
 
-import dataclasses
-import random
+import sys
 from pathlib import Path
 
-from schemas import signal as signal_mod
-from schemas.signal import Signal, make_signal_id
+_ROOT = str(Path(__file__).resolve().parents[2])
+if _ROOT not in sys.path[:2]:
+    sys.path.insert(0, _ROOT)
+if getattr(sys.modules.get("executor"), "__file__", "x") is None:
+    for _n in [n for n in sys.modules if n == "executor" or n.startswith("executor.")]:
+        del sys.modules[_n]
+
+import dataclasses  # noqa: E402
+import random  # noqa: E402
+
+from schemas import signal as signal_mod  # noqa: E402
+from schemas.signal import Signal, make_signal_id  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[2]
 KLINES_1M = ROOT / "ingest" / "recorded" / "klines_1m_btc.parquet"

@@ -2,6 +2,8 @@
 send-once rule after unknown outcomes, rate limits, algo (conditional) orders and reconciliation."""
 from __future__ import annotations
 
+import exec_helpers  # noqa: F401  (first: makes `executor` the real package, see its docstring)
+
 import pytest
 
 from executor.brokers.base import FillEvent, OrderUpdate

@@ -2,6 +2,8 @@
 limits, commands, determinism, snapshot/restore and rebuild from records."""
 from __future__ import annotations
 
+import exec_helpers  # noqa: F401  (first: makes `executor` the real package, see its docstring)
+
 from collections import Counter
 
 import orjson

@@ -1,6 +1,8 @@
 """Exit rules at their boundaries (hand-computed)."""
 from __future__ import annotations
 
+import exec_helpers  # noqa: F401  (first: makes `executor` the real package, see its docstring)
+
 import pytest
 
 from executor.exits import ExitRules, intrabar_exit, pnl_pct, time_exit

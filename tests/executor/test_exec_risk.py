@@ -1,6 +1,8 @@
 """Sizing at every boundary, against hand-computed numbers."""
 from __future__ import annotations
 
+import exec_helpers  # noqa: F401  (first: makes `executor` the real package, see its docstring)
+
 import pytest
 
 from executor.instruments import Instrument, load_exchange_info, round_to

@@ -1,7 +1,8 @@
 """API key, secret and request signatures never reach logs, exceptions, repr, state or ClickHouse."""
 from __future__ import annotations
 
-import dataclasses
+import exec_helpers  # noqa: F401  (first: makes `executor` the real package, see its docstring)
+
 import logging
 
 import orjson

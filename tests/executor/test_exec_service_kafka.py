@@ -1,6 +1,8 @@
 """The executor service on the real Kafka broker: exactly-once across SIGKILL, DLQ, SIGTERM."""
 from __future__ import annotations
 
+import exec_helpers  # noqa: F401  (first: makes `executor` the real package, see its docstring)
+
 import os
 import signal
 import subprocess

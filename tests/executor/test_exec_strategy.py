@@ -1,6 +1,8 @@
 """The entry decision: every skip reason, in order."""
 from __future__ import annotations
 
+import exec_helpers  # noqa: F401  (first: makes `executor` the real package, see its docstring)
+
 from executor.instruments import Instrument
 from executor.strategy import AccountView, StrategyConfig, decide, derive_target
 from exec_helpers import T0, bar

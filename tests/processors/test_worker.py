@@ -148,7 +148,12 @@ def test_two_workers_split_partitions_and_take_over(s1h):
         produce(s1h, klines[2 * third:])
         wait_signals(s1h, len(expected), workers=(b,))
         stats_a = orjson.loads(a.stats_file.read_bytes())
-        stats_b = orjson.loads(b.stats_file.read_bytes())
+        deadline = time.monotonic() + 10   # stats files are refreshed every 0.5 s
+        while True:
+            stats_b = orjson.loads(b.stats_file.read_bytes())
+            if stats_b["klines"] > 0 or time.monotonic() > deadline:
+                break
+            time.sleep(0.2)
     finally:
         a.stop()
         assert b.stop() == 0, b.logs()[-2000:]
