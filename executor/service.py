@@ -22,6 +22,7 @@ so bit-identical replays across runs need the signals in one partition or the sa
 """
 from __future__ import annotations
 
+import heapq
 import logging
 import os
 import signal as _signal
@@ -44,6 +45,84 @@ from schemas.signal import decode_signal
 from schemas.trading import Decision, Equity, Fill, Order, Position
 
 log = logging.getLogger("smc.executor")
+
+
+class EventTimeMerge:
+    """Releases consumed signals in event-time order across partitions: (close_time, symbol, timeframe).
+
+    Sizing depends on account equity, so the order in which symbols are processed changes the orders.
+    Arrival order across partitions depends on timing; event-time order does not, so a replay gives
+    the same orders byte for byte. A record is released only while every partition has a record
+    waiting (its head bounds what that partition can still deliver), or on `flush` (all partitions
+    caught up, or the live max-wait passed). Within a partition records arrive in event-time order.
+    Commands and undecodable records carry no event time and are released at once.
+    """
+
+    def __init__(self, signals_topic: str) -> None:
+        self.topic = signals_topic
+        self.partitions: list[int] = []
+        self.queues: dict[int, list] = {}
+        self._pos: dict[int, int] = {}
+        self.immediate: list = []
+        self._n = 0
+
+    def set_partitions(self, partitions: list[int]) -> None:
+        self.partitions = sorted(partitions)
+        self.queues = {p: [] for p in self.partitions}
+        self._pos = {p: 0 for p in self.partitions}
+
+    def clear(self) -> None:
+        self.set_partitions(self.partitions)
+        self.immediate = []
+        self._n = 0
+
+    def __len__(self) -> int:
+        return self._n + len(self.immediate)
+
+    def add(self, msgs) -> None:
+        for m in msgs:
+            if m.error() or m.topic() != self.topic:
+                self.immediate.append(m)
+                continue
+            try:
+                head = orjson.loads(m.value())
+                key = (int(head["close_time"]), str(head["symbol"]), str(head["timeframe"]))
+            except Exception:            # decode errors are reported by the processing step
+                self.immediate.append(m)
+                continue
+            self.queues.setdefault(m.partition(), []).append((key, m))
+            self._pos.setdefault(m.partition(), 0)
+            self._n += 1
+
+    def release(self, flush: bool, limit: int) -> list:
+        out, self.immediate = self.immediate, []
+        heads = []
+        for p, q in self.queues.items():
+            i = self._pos[p]
+            if i < len(q):
+                heapq.heappush(heads, (q[i][0], p))
+            elif not flush:
+                self._compact()
+                return out          # a partition with nothing waiting may still deliver an earlier record
+        while heads and len(out) < limit:
+            key, p = heapq.heappop(heads)
+            q, i = self.queues[p], self._pos[p]
+            out.append(q[i][1])
+            self._pos[p] = i + 1
+            self._n -= 1
+            if i + 1 < len(q):
+                heapq.heappush(heads, (q[i + 1][0], p))
+            elif not flush:
+                break
+        self._compact()
+        return out
+
+    def _compact(self) -> None:
+        for p, q in self.queues.items():
+            i = self._pos[p]
+            if i and i * 2 >= len(q):
+                del q[:i]
+                self._pos[p] = 0
 
 STATE_TOPIC = "executor-state"
 COMMANDS_TOPIC = "executor-commands"
@@ -98,7 +177,7 @@ def ensure_executor_topics(settings: Settings) -> None:
 
 class ExecutorService:
     def __init__(self, settings: Settings, cfg: ExecutorConfig | None = None, broker: Broker | None = None,
-                 *, batch_max: int = 500, live: bool = False) -> None:
+                 *, batch_max: int = 500, live: bool = False, max_wait_s: float = 2.0) -> None:
         self.settings = settings
         self.cfg = cfg or config_from_env(settings.equity)
         self.broker = broker or make_broker(settings, self.cfg, live)
@@ -115,6 +194,11 @@ class ExecutorService:
         self._committed_state = b""
         self._committed_offsets: list[TopicPartition] = []
         self._start_offsets: dict[tuple[str, int], int] = {}
+        self.merge = EventTimeMerge(kafka_io.topic(settings, "signals"))
+        self._last_caught_up_check = 0.0
+        self._wm_client = None
+        self._ready: list = []          # released by the merge, not yet processed (in event-time order)
+        self.max_wait_s = max_wait_s
 
     def engine_submit_hook(self) -> None:
         orig = self.broker.submit
@@ -144,6 +228,7 @@ class ExecutorService:
             if tp.offset < 0:
                 tp.offset = OFFSET_BEGINNING
         self.consumer.assign(committed)
+        self.merge.set_partitions([tp.partition for tp in committed if tp.topic == kafka_io.topic(s, "signals")])
         self._start_offsets = {(tp.topic, tp.partition): tp.offset for tp in committed}
         self._committed_offsets = [TopicPartition(tp.topic, tp.partition, tp.offset) for tp in committed]
         self._committed_state = orjson.dumps(self.engine.to_dict())
@@ -200,22 +285,38 @@ class ExecutorService:
                 if max_seconds is not None and time.monotonic() - t0 > max_seconds:
                     break
                 msgs = self.consumer.consume(num_messages=self.batch_max, timeout=0.2)
-                if not msgs:
-                    idle = time.monotonic() - last_msg
-                    if until_idle and idle >= idle_s and (self._caught_up() or idle >= max(30.0, 10 * idle_s)):
-                        break
+                if msgs:
+                    last_msg = time.monotonic()
+                    self.merge.add(msgs)
+                idle = time.monotonic() - last_msg
+                # watermark look-ups are broker round trips (~0.3 s here): only after a quiet spell, <= 1/s
+                caught_up = False
+                if not msgs and idle >= 0.25 and time.monotonic() - self._last_caught_up_check >= 1.0:
+                    self._last_caught_up_check = time.monotonic()
+                    caught_up = self._caught_up()
+                # an empty partition holds the others back until it is caught up (or, live, until max_wait)
+                self._ready += self.merge.release(flush=caught_up or idle >= self.max_wait_s,
+                                                  limit=self.batch_max - len(self._ready))
+                # one transaction per full batch: while records keep arriving, small releases accumulate
+                if self._ready and (len(self._ready) >= self.batch_max or not msgs):
+                    batch, self._ready = self._ready, []
+                    self._t_batch = time.perf_counter_ns()
+                    self._process_batch(batch)
                     continue
-                last_msg = time.monotonic()
-                self._t_batch = time.perf_counter_ns()
-                self._process_batch(msgs)
+                if not msgs and until_idle and idle >= idle_s and not len(self.merge) and not self._ready and \
+                        (caught_up or idle >= max(30.0, 10 * idle_s)):
+                    break
         finally:
             self.stats.elapsed_s = time.monotonic() - t0
         return self.stats
 
     def _caught_up(self) -> bool:
         """Every assigned partition consumed up to its high watermark (a fetch can lag the idle timer)."""
+        if self._wm_client is None:
+            # a client with no fetch in flight: on the main consumer the look-up waits behind its long poll
+            self._wm_client = kafka_io.consumer(self.settings, "executor-watermarks")
         for tp in self.consumer.position(self.consumer.assignment()):
-            low, high = self.consumer.get_watermark_offsets(TopicPartition(tp.topic, tp.partition), timeout=5)
+            low, high = self._wm_client.get_watermark_offsets(TopicPartition(tp.topic, tp.partition), timeout=5)
             start = self._start_offsets.get((tp.topic, tp.partition), -1)
             pos = tp.offset if tp.offset >= 0 else (start if start >= 0 else low)
             if pos < high:
@@ -257,7 +358,10 @@ class ExecutorService:
                     os.kill(os.getpid(), _signal.SIGKILL)
             state = orjson.dumps(self.engine.to_dict())
             p.produce(kafka_io.topic(s, STATE_TOPIC), key=b"account", value=state)
-            offsets = [tp for tp in self.consumer.position(self.consumer.assignment()) if tp.offset >= 0]
+            done = {(tp.topic, tp.partition): tp.offset for tp in self._committed_offsets}
+            for m in msgs:
+                done[(m.topic(), m.partition())] = max(done.get((m.topic(), m.partition()), -1), m.offset() + 1)
+            offsets = [TopicPartition(t, part, off) for (t, part), off in sorted(done.items()) if off >= 0]
             p.send_offsets_to_transaction(offsets, self.consumer.consumer_group_metadata(), 30)
             p.commit_transaction(60)
         except KafkaException as exc:
@@ -274,6 +378,8 @@ class ExecutorService:
 
     def _rewind(self) -> None:
         self.engine.load_dict(orjson.loads(self._committed_state))
+        self.merge.clear()
+        self._ready = []
         for tp in self._committed_offsets:
             self.consumer.seek(tp)
 
@@ -290,6 +396,9 @@ class ExecutorService:
             self.stats.rejects += 1
 
     def close(self) -> None:
+        if self._wm_client is not None:
+            self._wm_client.close()
+            self._wm_client = None
         if self.consumer is not None:
             self.consumer.close()
             self.consumer = None

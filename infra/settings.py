@@ -78,3 +78,14 @@ def load_settings(config_file: str | os.PathLike | None = None, env: dict[str, s
         raw = env.get(f"SMC_{f.name.upper()}", file_values.get(f.name))
         values[f.name] = default if raw is None else _coerce(f.name, raw, default)
     return Settings(**values)
+
+
+def to_env(settings: Settings) -> dict[str, str]:
+    """The SMC_* environment that makes a child process load the same settings (secrets excluded)."""
+    env = {}
+    for f in dataclasses.fields(Settings):
+        if f.name in _SECRET_ENV:
+            continue
+        value = getattr(settings, f.name)
+        env[f"SMC_{f.name.upper()}"] = ("1" if value else "0") if isinstance(value, bool) else str(value)
+    return env

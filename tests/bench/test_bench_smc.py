@@ -5,6 +5,9 @@ Run: pytest -m bench -s tests/bench/test_bench_smc.py
 from __future__ import annotations
 
 import os
+import subprocess
+import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -62,20 +65,52 @@ def test_bench_streaming_vs_recompute_window():
           f"ratio {theirs / ours:,.0f}x (target >= 1000x)")
 
 
+_COLD_JIT = """
+import time, polars as pl
+t0 = time.perf_counter()
+from processors.smc import compute_batch_all
+d = pl.DataFrame({"open_time": [0, 60_000, 120_000], "open": [1.0] * 3, "high": [1.0] * 3, "low": [1.0] * 3,
+                  "close": [1.0] * 3, "volume": [0.0] * 3})
+compute_batch_all(d)
+print(time.perf_counter() - t0)
+"""
+
+
+def _cold_jit_seconds() -> float:
+    """Import + first call with an empty numba cache (what a fresh install / changed kernel pays once)."""
+    with tempfile.TemporaryDirectory() as tmp:
+        env = dict(os.environ, NUMBA_CACHE_DIR=tmp)
+        out = subprocess.run([sys.executable, "-c", _COLD_JIT], cwd=REPO, env=env, capture_output=True, text=True,
+                             check=True)
+    return float(out.stdout.strip().splitlines()[-1])
+
+
 @pytest.mark.bench
 def test_bench_batch_vs_package():
     d = _btc().slice(0, 20000)
+    cold = _cold_jit_seconds()
     t0 = time.perf_counter()
-    compute_batch_all(d)
-    ours = time.perf_counter() - t0
+    compute_batch_all(d.slice(0, 50))           # numba kernels: load from the on-disk cache (or compile)
+    warm = time.perf_counter() - t0
+    reps = 3
+    ours_runs = []
+    for _ in range(reps):
+        t0 = time.perf_counter()
+        compute_batch_all(d)
+        ours_runs.append(time.perf_counter() - t0)
     ohlc = _ohlc(d)
-    t0 = time.perf_counter()
-    _package_all(ohlc)
-    theirs = time.perf_counter() - t0
+    theirs_runs = []
+    for _ in range(reps):
+        t0 = time.perf_counter()
+        _package_all(ohlc)
+        theirs_runs.append(time.perf_counter() - t0)
+    ours, theirs = float(np.median(ours_runs)), float(np.median(theirs_runs))
     n = d.height
-    print(f"\n[batch, BTC 1m, {n} bars] compute_batch_all (1m + 5m, events + features + setups): "
-          f"{ours:.2f} s = {ours / n * 1e6:.1f} us/bar; package (5 functions): {theirs:.2f} s = "
-          f"{theirs / n * 1e6:.1f} us/bar; ratio {theirs / ours:.1f}x (target >= 20x)")
+    print(f"\n[batch, BTC 1m, {n} bars] numba JIT: cold compile {cold:.1f} s once (import + first call, empty "
+          f"cache), first call in this process {warm * 1e3:.0f} ms (cache load); median of {reps} runs: "
+          f"compute_batch_all (1m + 5m, events + features + setups): {ours * 1e3:.1f} ms = "
+          f"{ours / n * 1e6:.2f} us/bar; package (5 functions): {theirs:.2f} s = {theirs / n * 1e6:.1f} us/bar; "
+          f"ratio {theirs / ours:.1f}x (target >= 20x)")
 
 
 @pytest.mark.bench

@@ -7,7 +7,9 @@ import numpy as np
 
 from models.evaluate import evaluate_sets, reliability, tier_table, write_report
 from processors.scoring import LightGBMScorer
-from test_committed_model import MODEL
+from models.dataset import REPO
+
+MODEL = REPO / "models" / "lgbm_smc.txt"
 
 
 def test_tiers_follow_the_executor_strict_boundaries():
