@@ -71,7 +71,9 @@ class AuditStore:
         return list(res.column_names), [tuple(r) for r in res.result_rows]
 
     def scalar(self, sql: str) -> Any:
-        return self.client.command(sql)
+        """The first column of the first row, typed (command() would return text)."""
+        rows = self.client.query(sql).result_rows
+        return rows[0][0] if rows else None
 
     def count(self, table: str, where: str = "1") -> int:
         return int(self.client.command(f"SELECT count() FROM {self.database}.{table} FINAL WHERE {where}"))

@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
 
+import orjson
 import polars as pl
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
@@ -21,7 +22,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from infra import kafka_io
 from infra.clickhouse import AuditStore
 from infra.services import BrokerHandle, ProcessorWorker
-from infra.settings import REPO_ROOT, Settings
+from infra.settings import REPO_ROOT, Settings, to_env
 
 RECORDED = REPO_ROOT / "ingest" / "recorded"
 SHARED_1H = REPO_ROOT.parent / "shared" / "data" / "klines_1h"
@@ -125,6 +126,8 @@ def run_backtest(settings: Settings, plan: BacktestPlan, *, explicit_broker: boo
         store.ensure_schema()
         console.print(f"[bold]ClickHouse[/] {settings.clickhouse_dsn} database [cyan]{database}[/]")
 
+        run_dir.mkdir(parents=True, exist_ok=True)   # what `smc replay-topic` needs to score the same way
+        (run_dir / "settings.env.json").write_bytes(orjson.dumps(to_env(settings), option=orjson.OPT_INDENT_2))
         worker = ProcessorWorker(settings, extra_env=worker_env)
         t0 = time.monotonic()
         stats = replay(settings, plan.files, plan.symbols, plan.start, plan.end, plan.interval, progress=progress)

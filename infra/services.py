@@ -63,6 +63,7 @@ class ProcessorWorker:
         env = dict(os.environ)
         env.update(to_env(settings.with_(data_dir=str(self.dir))))
         env["SMC_STATS_FILE"] = str(self.stats_file)
+        self.stats_file.unlink(missing_ok=True)   # a previous worker's figures must not satisfy our waits
         env.update(extra_env or {})
         self.log_path = self.dir / "worker.log"
         self._log = open(self.log_path, "wb")
