@@ -68,7 +68,12 @@ class AuditStore:
 
     def query(self, sql: str, parameters: dict | None = None) -> tuple[list[str], list[tuple]]:
         res = self.client.query(sql, parameters=parameters)
-        return list(res.column_names), [tuple(r) for r in res.result_rows]
+        cols, rows = list(res.column_names), [tuple(r) for r in res.result_rows]
+        body = "\n".join(line for line in sql.splitlines() if not line.lstrip().startswith("--")).strip().rstrip(";")
+        if not cols and not rows and body.upper().startswith(("SELECT", "WITH")):
+            # the chDB backend returns no column names for an empty result; a header still helps
+            cols = [r[0] for r in self.client.query(f"DESCRIBE ({body})", parameters=parameters).result_rows]
+        return cols, rows
 
     def scalar(self, sql: str) -> Any:
         """The first column of the first row, typed (command() would return text)."""

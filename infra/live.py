@@ -427,6 +427,8 @@ def run_live(settings: Settings, console: Console | None = None, trade_live: boo
                         next_status = time.monotonic() + status_every
                     stop.wait(0.5)
         finally:
+            if not console.is_terminal:
+                console.line()
             console.print("[bold]stopping[/] " + ", ".join(c.name for c in reversed(sup.children)) + " ...")
             codes = sup.stop_all()
             snap = sup.snapshot()

@@ -25,6 +25,7 @@ from infra.settings import REPO_ROOT
 
 KAFKA_DIR = REPO_ROOT / "infra" / "kafka"
 DEFAULT_HOME = REPO_ROOT / "var" / "kafka"
+LIBS = REPO_ROOT / "var" / "kafka-libs"     # shared by every broker home
 
 
 def _port_open(port: int, host: str = "127.0.0.1") -> bool:
@@ -33,14 +34,14 @@ def _port_open(port: int, host: str = "127.0.0.1") -> bool:
         return s.connect_ex((host, port)) == 0
 
 
-def fetch_jars(home: Path = DEFAULT_HOME) -> Path:
-    """Download the Kafka broker jars with Maven (cached in ~/.m2 and under home/libs)."""
-    libs = home / "libs"
+def fetch_jars(libs: Path = LIBS) -> Path:
+    """Download the Kafka broker jars with Maven (cached in ~/.m2 and in var/kafka-libs)."""
     if libs.is_dir() and any(libs.glob("kafka_2.13-*.jar")):
         return libs
     if shutil.which("mvn") is None:
         raise RuntimeError("Maven (mvn) is needed to fetch the Kafka jars; install it or use docker compose -f infra/kafka.yml up")
-    tmp = home / "libs.tmp"
+    libs.parent.mkdir(parents=True, exist_ok=True)
+    tmp = libs.with_name(libs.name + ".tmp")
     shutil.rmtree(tmp, ignore_errors=True)
     subprocess.run(["mvn", "-q", "-B", "-f", str(KAFKA_DIR / "pom.xml"), "dependency:copy-dependencies",
                     f"-DoutputDirectory={tmp}", "-DincludeScope=runtime"], check=True)
@@ -114,7 +115,7 @@ def start(port: int = 9092, home: Path = DEFAULT_HOME, heap: str = "512m") -> st
     if _port_open(port):
         wait_ready(bootstrap)
         return bootstrap
-    libs = fetch_jars(home)
+    libs = fetch_jars()
     props = _write_config(home, port)
     java = shutil.which("java")
     if java is None:
@@ -169,7 +170,7 @@ def main(argv: list[str] | None = None) -> int:
     args = ap.parse_args(argv)
     home = Path(args.home)
     if args.command == "fetch":
-        print(fetch_jars(home))
+        print(fetch_jars())
     elif args.command == "start":
         print(start(args.port, home))
     elif args.command == "stop":

@@ -142,8 +142,18 @@ def _html(summary: dict, groups: dict, trades: list[Trade], images: dict[str, st
     return f"""<!doctype html><html><head><meta charset="utf-8"><title>SMC-Quant run report</title>
 <style>body{{font-family:system-ui,sans-serif;margin:2em;max-width:1100px}}table{{border-collapse:collapse;margin:1em 0}}
 td,th{{border:1px solid #ccc;padding:3px 8px;text-align:right}}th{{background:#f3f3f3}}img{{max-width:100%}}</style></head>
-<body><h1>SMC-Quant run report</h1><table>{kv}</table><h2>Decisions</h2>{dec}{imgs}{grp}
+<body><h1>SMC-Quant run report</h1><p><b>{html.escape(verdict(summary))}</b></p><table>{kv}</table><h2>Decisions</h2>{dec}{imgs}{grp}
 <h2>Trades ({len(trades)})</h2>{_table_html(tlist)}</body></html>"""
+
+
+def verdict(summary: dict) -> str:
+    """Say plainly why a run did not trade, when it did not."""
+    dec = summary.get("decisions", {})
+    if summary.get("trades", 0) == 0 and summary.get("setups", 0) > 0 and dec.get("skip:below_threshold", 0):
+        return (f"No trades: all {summary['setups']} setups scored <= 0.60, the lowest risk tier. The shipped model is "
+                "calibrated and finds no edge in these setups after fees (models/README.md). "
+                "`smc run --scorer heuristic` trades on the spec's heuristic score instead.")
+    return ""
 
 
 def _print(console: Console, summary: dict, groups: dict, out: Path) -> None:
@@ -160,4 +170,7 @@ def _print(console: Console, summary: dict, groups: dict, out: Path) -> None:
         for k, v in list(summary["decisions"].items())[:10]:
             d.add_row(k, str(v))
         console.print(d)
+    note = verdict(summary)
+    if note:
+        console.print(f"[yellow]{note}[/]")
     console.print(f"report: [link=file://{out / 'index.html'}]{out / 'index.html'}[/] (+ PNGs, summary.json)")

@@ -17,6 +17,7 @@ import collections
 import io
 import json
 import os
+import signal
 import subprocess
 import sys
 import threading
@@ -87,7 +88,8 @@ def test_live_mode_end_to_end(settings, tmp_path):
             try:
                 result["rc"] = run_live(s, Console(file=out, width=140), symbols=NAMES, stop_event=stop,
                                         ingest_args=["--since", str(origin)], status_every=1.0,
-                                        explicit_broker=True, stop_timeout=20, drain_s=15)
+                                        explicit_broker=True, stop_timeout=20, drain_s=15,
+                                        backoff_s=0.5)
             except BaseException as exc:      # surfaced below
                 result["error"] = exc
         t0 = time.monotonic()
@@ -109,10 +111,21 @@ def test_live_mode_end_to_end(settings, tmp_path):
                      "the executor consumed every signal")
             wait_for(lambda: kafka_io.topic_size(s, "decisions") > 0, 30, "decisions")
             status = json.loads(status_path.read_text())
-            pids = [p for c in status["children"].values() for p in c["pids"]]
             assert set(status["children"]) == {"audit", "executor", "processors", "ingest"}
             assert all(c["state"] == "running" and c["restarts"] == 0 for c in status["children"].values()), status
             t_flow = time.monotonic() - t0
+            # supervision: a child killed hard is restarted (backoff), the others keep running
+            killed = status["children"]["executor"]["pid"]
+            os.kill(killed, signal.SIGKILL)
+
+            def restarted():
+                c = json.loads(status_path.read_text())["children"]["executor"]
+                return c["restarts"] == 1 and c["state"] == "running" and c["pid"] != killed
+            wait_for(restarted, 30, "the executor restarted")
+            status = json.loads(status_path.read_text())
+            assert status["children"]["executor"]["exit_codes"] == [-signal.SIGKILL]
+            pids = [p for c in status["children"].values() for p in c["pids"]]
+            assert killed in pids and len(pids) == 5
         finally:
             stop.set()
             th.join(120)
@@ -149,7 +162,7 @@ def test_live_mode_end_to_end(settings, tmp_path):
     assert counts["klines"] == counts["kline_keys"] == n_klines, counts
     assert counts["signals"] == len(sigs) and counts["signals_1m"] == n_klines, counts
     assert counts["decisions"] > 0, counts
-    print(f"\nlive mode: up {t_up:.1f}s, flowed {t_flow:.1f}s, stopped {t_stop:.1f}s; signals {dict(by_tf)}; "
+    print(f"\nlive mode: up {t_up:.1f}s, flowed {t_flow:.1f}s, stopped at {t_stop:.1f}s; signals {dict(by_tf)}; "
           f"audit {counts}")
 
 
@@ -181,3 +194,40 @@ def test_refusal_starts_nothing(tmp_path):
     assert run_live(st, Console(file=out), trade_live=True) == 2
     assert "SMC_LIVE_TRADING=1" in out.getvalue()
     assert not (tmp_path / "live" / "status.json").exists()
+
+
+@pytest.mark.kafka
+@pytest.mark.timeout(120)
+def test_smc_run_live_data_stops_on_ctrl_c(settings, tmp_path):
+    """The real command in its own process: `smc run --live-data`, then SIGINT: exit 0, no child left."""
+    from infra.settings import to_env
+    with FakeBinance(build_exchange_info(NAMES)) as fb:
+        s = settings.with_(binance_rest_url=fb.rest_url, binance_ws_url=fb.ws_url,
+                           clickhouse_dsn=f"chdb://{tmp_path / 'chdb'}")
+        env = dict(os.environ, **to_env(s))
+        proc = subprocess.Popen([sys.executable, "-m", "infra.cli", "run", "--live-data"], cwd=REPO_ROOT, env=env,
+                                stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+        status_path = tmp_path / "live" / "status.json"
+        try:
+            def all_running():
+                if not status_path.exists():
+                    return proc.poll() is not None
+                ch = json.loads(status_path.read_text())["children"]
+                return all(c["state"] == "running" for c in ch.values())
+            wait_for(all_running, 60, "four running children")
+            # the Faust worker is up once it dumps its stats (a SIGTERM before that ends it with -15)
+            wait_for(lambda: (tmp_path / "live" / "worker.stats.json").exists() or proc.poll() is not None, 60,
+                     "the processors worker up")
+            wait_for(lambda: sum(len(c) for c in fb.connections()) == len(NAMES) or proc.poll() is not None, 30,
+                     "the ingest subscribed")
+            assert proc.poll() is None, proc.stdout.read().decode(errors="replace")[-3000:]
+            pids = [c["pid"] for c in json.loads(status_path.read_text())["children"].values()]
+            proc.send_signal(signal.SIGINT)
+            text = proc.communicate(timeout=90)[0].decode(errors="replace")
+        finally:
+            if proc.poll() is None:
+                proc.kill()
+                proc.wait(10)
+    assert proc.returncode == 0, text[-3000:]
+    assert "stopped: ingest exit 0, processors exit 0, executor exit 0, audit exit 0" in text, text[-3000:]
+    assert all(_gone(p) for p in pids), pids
