@@ -27,7 +27,8 @@ def cmd_run(args) -> int:
         settings = settings.with_(model_path="")
     if args.live_data:
         from infra.live import run_live
-        return run_live(settings, console, trade_live=args.live)
+        return run_live(settings, console, trade_live=args.live,
+                        symbols=args.symbols.split(",") if args.symbols else None)
     files = args.files or None
     if files is None and args.full and (REPO_ROOT.parent / "shared" / "data" / "klines_1h").is_dir():
         files = sorted(str(p) for p in (REPO_ROOT.parent / "shared" / "data" / "klines_1h").glob("*.csv"))

@@ -39,7 +39,12 @@ def produce(settings: Settings, klines: list, raw_extra: list[tuple[bytes, bytes
     prod = kafka_io.producer(settings)
     name = kafka_io.topic(settings, "klines")
     for k in klines:
-        prod.produce(name, key=k.symbol.encode(), value=encode_kline(k))
+        while True:
+            try:
+                prod.produce(name, key=k.symbol.encode(), value=encode_kline(k))
+                break
+            except BufferError:      # local queue full: let deliveries drain
+                prod.poll(0.1)
         prod.poll(0)
     for key, raw in raw_extra:
         prod.produce(name, key=key, value=raw)
