@@ -52,6 +52,12 @@ def _chdb_dsn() -> str:
     return f"chdb://{_CHDB_DIR}"
 
 
+@pytest.fixture(scope="session")
+def chdb_dsn() -> str:
+    """The session's embedded ClickHouse path (one chDB engine per process)."""
+    return _chdb_dsn()
+
+
 @pytest.fixture
 def audit_store(namespace: str):
     """The real ClickHouse engine (chDB in-process by default; SMC_TEST_CLICKHOUSE_DSN for a server)."""

@@ -22,10 +22,9 @@ SYMBOLS = ["BTCUSDT", "ETHUSDT", "SOLUSDT", "XRPUSDT", "DOGEUSDT", "BNBUSDT"]
 
 
 @pytest.fixture(scope="module")
-def two_runs(kafka_bootstrap, tmp_path_factory):
-    import conftest
+def two_runs(kafka_bootstrap, chdb_dsn, tmp_path_factory):
     from infra.settings import load_settings
-    base = load_settings(env={}).with_(kafka_bootstrap=kafka_bootstrap, clickhouse_dsn=conftest._chdb_dsn(),
+    base = load_settings(env={}).with_(kafka_bootstrap=kafka_bootstrap, clickhouse_dsn=chdb_dsn,
                                        model_path="")   # the heuristic trades; the shipped model is too cautious
     plan = plan_backtest(None, SYMBOLS, "2026-05-10", "2026-05-24", None, 0, "1h")
     runs = []
