@@ -223,7 +223,16 @@ class ExecutorService:
             name = kafka_io.topic(s, base)
             md = self.consumer.list_topics(name, timeout=30).topics[name]
             tps += [TopicPartition(name, p) for p in sorted(md.partitions)]
-        committed = self.consumer.committed(tps, timeout=30)
+        for attempt in range(20):   # a fresh broker answers NOT_COORDINATOR until __consumer_offsets is ready
+            try:
+                committed = self.consumer.committed(tps, timeout=30)
+                break
+            except KafkaException as exc:
+                code = exc.args[0].code() if exc.args and hasattr(exc.args[0], "code") else None
+                if code not in (KafkaError.NOT_COORDINATOR, KafkaError.COORDINATOR_LOAD_IN_PROGRESS,
+                                KafkaError.COORDINATOR_NOT_AVAILABLE) or attempt == 19:
+                    raise
+                time.sleep(0.5)
         for tp in committed:
             if tp.offset < 0:
                 tp.offset = OFFSET_BEGINNING
