@@ -78,7 +78,7 @@ class ProcessorWorker:
         try:
             return orjson.loads(self.stats_file.read_bytes())
         except (FileNotFoundError, orjson.JSONDecodeError):
-            return {"klines": 0, "signals": 0, "rejects": 0, "batches": 0}
+            return {"klines": 0, "signals": 0, "rejects": 0, "batches": 0, "partitions": 0}
 
     def alive(self) -> bool:
         return self.proc.poll() is None

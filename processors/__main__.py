@@ -1,8 +1,14 @@
-"""`python -m processors worker`: run the stream processors as a Faust worker (SIGTERM stops it cleanly)."""
+"""`python -m processors worker`: run the stream processors as a Faust worker (SIGTERM stops it cleanly).
+
+SMC_DEBUG_LOGGERS=aiokafka.consumer,faust.tables.recovery turns on DEBUG for just those loggers (the rest
+stays at --loglevel): the way to look inside a rebalance without drowning in every library's debug output.
+"""
 from __future__ import annotations
 
 import argparse
+import asyncio
 import logging
+import os
 import sys
 
 from infra.settings import load_settings
@@ -16,10 +22,25 @@ def main(argv: list[str] | None = None) -> int:
     args = ap.parse_args(argv)
     import faust
     from processors.app import create_app
+    from processors.diagnostics import install_sigusr1_dump
     settings = load_settings(args.config)
     app = create_app(settings)
-    logging.getLogger("faust").setLevel(args.loglevel.upper())
-    worker = faust.Worker(app, loglevel=args.loglevel, quiet=True, redirect_stdouts=False)
+    debug_loggers = [n for n in os.environ.get("SMC_DEBUG_LOGGERS", "").split(",") if n]
+    level = args.loglevel.upper()
+
+    class Worker(faust.Worker):
+        def on_setup_root_logger(self, logger: logging.Logger, _level: int) -> None:
+            logger.setLevel(level)
+            for name in debug_loggers:
+                logging.getLogger(name).setLevel(logging.DEBUG)
+
+    logging.getLogger("faust").setLevel(level)
+
+    @app.task
+    async def _diagnostics():   # `kill -USR1 <pid>` logs where every coroutine waits
+        install_sigusr1_dump(asyncio.get_running_loop())
+
+    worker = Worker(app, loglevel="debug" if debug_loggers else args.loglevel, quiet=True, redirect_stdouts=False)
     worker.execute_from_commandline()
     return 0
 

@@ -26,6 +26,7 @@ import faust
 from faust.streams import _current_event
 
 from infra.settings import Settings
+from processors import faust_guards
 from processors.core import KlineProcessor
 from processors.scoring import load_scorer
 from schemas import encode_reject, make_reject, topic_name
@@ -40,9 +41,9 @@ def app_id(settings: Settings) -> str:
     return topic_name("smc-processors", settings.namespace)
 
 
-def create_app(settings: Settings) -> faust.App:
-    app = faust.App(
-        app_id(settings),
+def app_config(settings: Settings) -> dict:
+    """Faust settings shared by the processors app and the benchmark's no-op baseline (tests/bench)."""
+    return dict(
         broker=f"kafka://{settings.kafka_bootstrap}",
         store="memory://",
         topic_partitions=settings.partitions,
@@ -66,6 +67,11 @@ def create_app(settings: Settings) -> faust.App:
         broker_max_poll_records=BATCH_MAX,
         table_standby_replicas=0,
     )
+
+
+def create_app(settings: Settings) -> faust.App:
+    faust_guards.install()   # no record dropped, no offset skipped across rebalances (see the module)
+    app = faust.App(app_id(settings), **app_config(settings))
     klines = app.topic(topic_name("klines", settings.namespace), key_type=bytes, value_type=bytes,
                        value_serializer="raw", key_serializer="raw", partitions=settings.partitions)
     signals = app.topic(topic_name("signals", settings.namespace), key_type=bytes, value_type=bytes,
@@ -76,7 +82,7 @@ def create_app(settings: Settings) -> faust.App:
                             key_type=bytes, value_type=bytes)
     processor = KlineProcessor(load_scorer(settings.model_path), settings.strategy_version,
                                settings.interval, settings.htf_factor)
-    stats = {"klines": 0, "signals": 0, "rejects": 0, "batches": 0}
+    stats = {"klines": 0, "signals": 0, "rejects": 0, "batches": 0, "partitions": 0}
     app.smc_stats = stats  # type: ignore[attr-defined]
 
     def get_state(symbol: str) -> bytes | None:
@@ -119,5 +125,6 @@ def create_app(settings: Settings) -> faust.App:
     @app.on_rebalance_complete.connect
     async def _forget_cache(sender, **kwargs):  # the table's bytes are the truth after a rebalance
         processor.forget()
+        stats["partitions"] = sum(1 for tp in app.consumer.assignment() if tp.topic == klines.get_topic_name())
 
     return app

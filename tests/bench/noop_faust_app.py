@@ -1,6 +1,6 @@
 """The Faust ceiling for the processors benchmark: a no-op agent over `<ns>.klines`.
 
-Same broker settings, partitions, poll size, stream buffer and batching (take_events of BATCH_MAX within
+Same Faust settings (processors.app.app_config), consumer guards and batching (take_events of BATCH_MAX within
 BATCH_WITHIN) as processors/app.py, but no decoding, no state table, no signals: it only counts. It writes
 the same kind of stats file as the processors worker ({klines, signals, rejects, batches}, every 0.5 s, to
 SMC_STATS_FILE), plus exact wall-clock stamps of the first and last batch (t_first, t_last, first_batch),
@@ -25,32 +25,14 @@ import faust  # noqa: E402
 import orjson  # noqa: E402
 
 from infra.settings import Settings, load_settings  # noqa: E402
-from processors.app import BATCH_MAX, BATCH_WITHIN  # noqa: E402
+from processors import faust_guards  # noqa: E402
+from processors.app import BATCH_MAX, BATCH_WITHIN, app_config  # noqa: E402
 from schemas import topic_name  # noqa: E402
 
 
 def create_noop_app(settings: Settings) -> faust.App:
-    app = faust.App(
-        topic_name("bench-noop", settings.namespace),
-        broker=f"kafka://{settings.kafka_bootstrap}",
-        store="memory://",
-        topic_partitions=settings.partitions,
-        topic_replication_factor=1,
-        topic_allow_declare=True,
-        value_serializer="raw",
-        key_serializer="raw",
-        web_enabled=False,
-        datadir=f"{settings.data_dir}/faust",
-        processing_guarantee="at_least_once",
-        broker_commit_interval=1.0,
-        table_cleanup_interval=3600.0,
-        producer_acks=-1,
-        producer_linger_ms=2,
-        consumer_auto_offset_reset="earliest",
-        stream_buffer_maxsize=32_768,
-        broker_max_poll_records=BATCH_MAX,
-        table_standby_replicas=0,
-    )
+    faust_guards.install()   # the same consumer code path as the processors
+    app = faust.App(topic_name("bench-noop", settings.namespace), **app_config(settings))
     klines = app.topic(topic_name("klines", settings.namespace), key_type=bytes, value_type=bytes,
                        value_serializer="raw", key_serializer="raw", partitions=settings.partitions)
     stats = {"klines": 0, "signals": 0, "rejects": 0, "batches": 0, "t_first": 0.0, "t_last": 0.0, "first_batch": 0}

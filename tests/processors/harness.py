@@ -3,14 +3,12 @@ from __future__ import annotations
 
 import os
 import signal
-import subprocess
-import sys
 import time
-from pathlib import Path
 
 import polars as pl
 
 from infra import kafka_io
+from infra.services import ProcessorWorker
 from infra.settings import REPO_ROOT, Settings
 from schemas import Kline, encode_kline, interval_ms
 
@@ -51,46 +49,22 @@ def produce(settings: Settings, klines: list, raw_extra: list[tuple[bytes, bytes
     assert prod.flush(60) == 0
 
 
-class Worker:
-    """`python -m processors worker` as a child process with the test's settings."""
+class Worker(ProcessorWorker):
+    """The service launcher (infra.services.ProcessorWorker) with the test's settings, plus SIGKILL.
+
+    model_path "" = the heuristic scorer, so the expected signals can be computed without the model.
+    """
 
     def __init__(self, settings: Settings, name: str = "w1", model_path: str = "") -> None:
-        self.settings = settings
-        self.data_dir = Path(settings.data_dir) / name
-        self.data_dir.mkdir(parents=True, exist_ok=True)
-        env = dict(os.environ)
-        env.update({
-            "SMC_KAFKA_BOOTSTRAP": settings.kafka_bootstrap, "SMC_NAMESPACE": settings.namespace,
-            "SMC_PARTITIONS": str(settings.partitions), "SMC_INTERVAL": settings.interval,
-            "SMC_HTF_FACTOR": str(settings.htf_factor), "SMC_DATA_DIR": str(self.data_dir),
-            "SMC_MODEL_PATH": model_path, "SMC_STRATEGY_VERSION": settings.strategy_version,
-            "SMC_STATS_FILE": str(self.data_dir / "stats.json"),
-        })
-        self.log = open(self.data_dir / "worker.log", "wb")
-        self.proc = subprocess.Popen([sys.executable, "-m", "processors", "worker", "--loglevel", os.environ.get("SMC_TEST_WORKER_LOGLEVEL", "warning")], env=env, cwd=REPO_ROOT,
-                                     stdout=self.log, stderr=subprocess.STDOUT)
-
-    @property
-    def stats_file(self) -> Path:
-        return self.data_dir / "stats.json"
+        super().__init__(settings.with_(model_path=model_path), name,
+                         loglevel=os.environ.get("SMC_TEST_WORKER_LOGLEVEL", "warning"))
 
     def kill(self) -> None:
         self.proc.send_signal(signal.SIGKILL)
         self.proc.wait(30)
 
-    def stop(self, timeout: float = 60) -> int:
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-            try:
-                self.proc.wait(timeout)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait(10)
-        self.log.close()
-        return self.proc.returncode
-
     def logs(self) -> str:
-        return (self.data_dir / "worker.log").read_text(errors="replace")
+        return self.log_path.read_text(errors="replace")
 
 
 def wait_signals(settings: Settings, n: int, timeout: float = 180, workers: tuple = ()) -> int:

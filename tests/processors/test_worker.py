@@ -134,9 +134,73 @@ def test_recovers_after_sigkill(s1h):
     assert all(raw == expected[sid] for sid, raws in got.items() for raw in raws)
 
 
-@pytest.mark.xfail(strict=False, reason="faust-streaming can stall after a take-over rebalance (consumed, never "
-                   "committed); seen in about 1 of 8 runs here, more under load. README: Status and known limits")
+def read_stats(worker: Worker) -> dict:
+    return {"partitions": 0, **worker.stats()}   # zeros until the worker's first stats dump
+
+
+def wait_until(condition, what: str, workers: tuple, timeout: float = 120) -> None:
+    deadline = time.monotonic() + timeout
+    while not condition():
+        for w in workers:
+            if w.proc.poll() is not None:
+                raise RuntimeError(f"worker exited with {w.proc.returncode}:\n{w.logs()[-3000:]}")
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"{what}: not after {timeout}s; stats " + str([read_stats(w) for w in workers]))
+        time.sleep(0.2)
+
+
 def test_two_workers_split_partitions_and_take_over(s1h):
+    """a alone -> a and b split the partitions and both process -> a stops, b takes over from the changelog.
+
+    Before processors/faust_guards.py this failed about 1 run in 3: after the take-over b dropped
+    re-fetched records of a's partitions (stale read offset) and either stalled or committed past them.
+    """
+    klines = load_klines("klines_1h.parquet", SYMBOLS, limit_per_symbol=400)
+    expected = expected_signals(klines, s1h)
+    third = len(klines) // 3
+    produce(s1h, klines[:third])
+    a = Worker(s1h, "a")
+    b = None
+    try:
+        wait_until(lambda: read_stats(a)["klines"] > 0, "a processes alone", (a,))
+        b = Worker(s1h, "b")
+        wait_until(lambda: read_stats(a)["partitions"] > 0 and read_stats(b)["partitions"] > 0
+                   and read_stats(a)["partitions"] + read_stats(b)["partitions"] == s1h.partitions,
+                   "a and b split the partitions", (a, b))
+        split_a, split_b = read_stats(a)["klines"], read_stats(b)["klines"]
+        produce(s1h, klines[third:2 * third])
+        expected_2_3 = expected_signals(klines[:2 * third], s1h)
+        wait_signals(s1h, len(expected_2_3), workers=(a, b))
+        wait_until(lambda: read_stats(a)["klines"] > split_a and read_stats(b)["klines"] > split_b,
+                   "both workers process their share after the split", (a, b))
+        assert a.stop() == 0, a.logs()[-2000:]      # b takes over a's partitions, state from the changelog
+        wait_until(lambda: read_stats(b)["partitions"] == s1h.partitions, "b owns every partition", (b,))
+        produce(s1h, klines[2 * third:])
+        wait_signals(s1h, len(expected), workers=(b,))
+        time.sleep(1.5)   # anything re-delivered would show up now
+    finally:
+        a.stop()
+        if b is not None:
+            assert b.stop() == 0, b.logs()[-2000:]
+    got = signals_by_id(s1h)
+    missing, extra = set(expected) - set(got), set(got) - set(expected)
+    assert not missing and not extra, f"missing {len(missing)}, extra {len(extra)}"
+    # a clean hand-over (SIGTERM commits first): every (symbol, bar) exactly once, equal to the core's output
+    doubled = {sid: len(raws) for sid, raws in got.items() if len(raws) > 1}
+    assert not doubled, f"{len(doubled)} signals emitted more than once"
+    assert all(raws[0] == expected[sid] for sid, raws in got.items())
+    assert per_symbol_order_ok(s1h)
+
+
+@pytest.mark.xfail(strict=False, reason="faust-streaming 0.15.3 can still lose a few in-flight bars when three "
+                   "generations follow each other within seconds (about 1 run in 3 here, with or without "
+                   "processors/faust_guards.py); README: Status and known limits")
+def test_take_over_in_the_middle_of_rebalances(s1h):
+    """Both workers start at once and a stops while the group is still settling: records are in flight
+    through three generations. Faust's consumer drops, skips or re-fetches records around each
+    generation change; processors/faust_guards.py removes the drop-then-commit-past path (seen: 499
+    klines dropped against a stale read offset, then committed over), but some runs still stall with
+    lag or miss a few bars, so this stays a non-strict xfail that keeps the scenario visible."""
     klines = load_klines("klines_1h.parquet", SYMBOLS, limit_per_symbol=400)
     expected = expected_signals(klines, s1h)
     third = len(klines) // 3
@@ -146,20 +210,14 @@ def test_two_workers_split_partitions_and_take_over(s1h):
         wait_signals(s1h, len(expected) // 4, workers=(a, b))
         produce(s1h, klines[third:2 * third])
         wait_signals(s1h, len(expected) // 2, workers=(a, b))
-        assert a.stop() == 0                      # b takes over a's partitions from the changelog
+        assert a.stop() == 0, a.logs()[-2000:]
         produce(s1h, klines[2 * third:])
-        wait_signals(s1h, len(expected), workers=(b,))
-        stats_a = orjson.loads(a.stats_file.read_bytes())
-        deadline = time.monotonic() + 10   # stats files are refreshed every 0.5 s
-        while True:
-            stats_b = orjson.loads(b.stats_file.read_bytes())
-            if stats_b["klines"] > 0 or time.monotonic() > deadline:
-                break
-            time.sleep(0.2)
+        wait_signals(s1h, len(expected), workers=(b,), timeout=120)
     finally:
         a.stop()
         assert b.stop() == 0, b.logs()[-2000:]
     got = signals_by_id(s1h)
-    assert set(got) == set(expected)
+    missing, extra = set(expected) - set(got), set(got) - set(expected)
+    assert not missing and not extra, f"missing {len(missing)}, extra {len(extra)}"
+    # records in flight across a rebalance may be processed twice (at-least-once), never differently
     assert all(raw == expected[sid] for sid, raws in got.items() for raw in raws)
-    assert stats_a["klines"] > 0 and stats_b["klines"] > 0

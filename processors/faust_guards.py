@@ -1,0 +1,100 @@
+"""Guards around faust-streaming's consumer bookkeeping (0.15.x): no record dropped, no offset skipped.
+
+Found with the two-worker take-over test (tests/processors/test_worker.py) and `DEVLOG=1` worker logs.
+After a rebalance, a worker that gets a partition back (or takes one over) can carry a stale entry in
+`Consumer._read_offset` for it: `_drain_messages` sets it for a record whose delivery straddled the
+rebalance, after `on_partitions_revoked` had cleared it. Records re-fetched from the committed offset
+are then below that stale read offset and are thrown away ("DROPPED MESSAGE ROFF" in the dev log),
+never acked. Two things followed, both seen here (about 1 run in 3 of the take-over test):
+  * a stall: nothing left to deliver, the commit stuck at the first dropped offset;
+  * a silent loss: later records were acked, and `_new_offset` committed past the dropped ones
+    (it only refuses when the first acked offset is more than one past the committed one, and not at
+    all when nothing was committed yet; faust-streaming #606/#707 are the same family).
+The guards, applied once per process by `install()` before the Faust app starts:
+  1. every fetched record is delivered: the read-offset filter is off (re-delivery is safe here: the
+     processors reject an already-processed bar as a duplicate, the state never rewinds). The filter's
+     other use, bridging offset gaps of transaction markers, is not needed: `klines` is written by
+     idempotent, non-transactional producers only.
+  2. a commit only ever covers a contiguous run of acked offsets starting at the committed offset.
+The version range is pinned in pyproject.toml; `check_compatible()` refuses to run on a faust-streaming
+whose internals these guards do not know.
+"""
+from __future__ import annotations
+
+from typing import Optional
+
+import faust
+from faust.transport.consumer import Consumer
+from faust.types import TP
+
+KNOWN_VERSIONS = ("0.15.",)
+
+_installed = False
+
+
+class _NoDropReadOffsets(dict):
+    """`Consumer._read_offset` that still records what Faust writes, but never filters a fetched record.
+
+    `_drain_messages` drops a record whose offset is below `_read_offset[tp]` and treats a jump above
+    it as a gap to commit over; both decisions go wrong when the entry is stale, so the lookup used by
+    that loop always answers "nothing read yet".
+    """
+
+    def __getitem__(self, tp: TP) -> None:  # noqa: D105 - see the class docstring
+        return None
+
+
+def check_compatible() -> None:
+    if not faust.__version__.startswith(KNOWN_VERSIONS):
+        raise RuntimeError(f"processors/faust_guards.py knows faust-streaming {KNOWN_VERSIONS}, "
+                           f"found {faust.__version__}: re-check the guarded internals before upgrading")
+    for name in ("_read_offset", "_acked", "_committed_offset", "_new_offset", "ack"):
+        if name not in Consumer.__annotations__ and not hasattr(Consumer, name):
+            raise RuntimeError(f"faust Consumer has no {name}: the guards in processors/faust_guards.py do not apply")
+
+
+def contiguous_commit_offset(acked: list[int], committed: Optional[int]) -> tuple[Optional[int], int]:
+    """(offset to commit, how many acked offsets it consumes) for sorted `acked` offsets.
+
+    `committed` is the next offset to read (Kafka's convention, and Faust's `_committed_offset`); a run
+    that does not start there would commit over a record nobody acked, so it commits nothing.
+    """
+    if not acked or (committed is not None and acked[0] != committed):
+        return None, 0
+    n = 1
+    while n < len(acked) and acked[n] == acked[n - 1] + 1:
+        n += 1
+    return acked[n - 1] + 1, n
+
+
+def _new_offset(self: Consumer, tp: TP) -> Optional[int]:
+    acked = self._acked[tp]
+    if not acked:
+        return None
+    acked.sort()
+    committed = self._committed_offset[tp]
+    # Faust stores "never committed" as None and also maps a committed 0 to None
+    offset, n = contiguous_commit_offset(acked, committed if committed else None)
+    if offset is None:
+        return None
+    batch = acked[:n]
+    del acked[:n]
+    self._acked_index[tp].difference_update(batch)
+    return offset
+
+
+def install() -> None:
+    """Apply the guards to faust's Consumer class (idempotent)."""
+    global _installed
+    if _installed:
+        return
+    check_compatible()
+    original_init = Consumer.__init__
+
+    def __init__(self, *args, **kwargs):
+        original_init(self, *args, **kwargs)
+        self._read_offset = _NoDropReadOffsets()
+
+    Consumer.__init__ = __init__
+    Consumer._new_offset = _new_offset
+    _installed = True
