@@ -123,8 +123,8 @@ def create_app(settings: Settings) -> faust.App:
             os.replace(tmp, stats_file)
 
     @app.on_rebalance_complete.connect
-    async def _forget_cache(sender, **kwargs):  # the table's bytes are the truth after a rebalance
-        processor.forget()
+    async def _after_rebalance(sender, **kwargs):
+        processor.forget()   # the table's bytes are the truth after a rebalance
         stats["partitions"] = sum(1 for tp in app.consumer.assignment() if tp.topic == klines.get_topic_name())
 
     return app

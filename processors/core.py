@@ -8,14 +8,13 @@ the source of truth after a restart or a rebalance.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-import math
 from typing import Callable, Iterable
 
 import numpy as np
 
 from processors.scoring import Scorer
 from processors.smc import BadBar, SmcConfig, SymbolState
-from schemas import (Kline, SchemaError, Signal, decode_kline, encode_signal, interval_ms, interval_name,
+from schemas import (SchemaError, Signal, decode_kline, encode_signal, interval_ms,
                      make_signal_id)
 
 

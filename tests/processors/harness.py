@@ -63,19 +63,32 @@ class Worker(ProcessorWorker):
         self.proc.send_signal(signal.SIGKILL)
         self.proc.wait(30)
 
-    def logs(self) -> str:
-        return self.log_path.read_text(errors="replace")
+
+
+def check_alive(workers: tuple) -> None:
+    for w in workers:
+        if not w.alive():
+            raise RuntimeError(f"worker exited with {w.proc.returncode}:\n{w.tail()}")
+
+
+def wait_until(condition, what: str, workers: tuple = (), timeout: float = 120) -> None:
+    deadline = time.monotonic() + timeout
+    while not condition():
+        check_alive(workers)
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"{what}: not after {timeout}s; stats {[w.stats() for w in workers]}")
+        time.sleep(0.2)
 
 
 def wait_signals(settings: Settings, n: int, timeout: float = 180, workers: tuple = ()) -> int:
-    deadline = time.monotonic() + timeout
     size = 0
-    while time.monotonic() < deadline:
+
+    def enough() -> bool:
+        nonlocal size
         size = kafka_io.topic_size(settings, "signals")
-        if size >= n:
-            return size
-        for w in workers:
-            if w.proc.poll() is not None:
-                raise RuntimeError(f"worker exited with {w.proc.returncode}:\n{w.logs()[-3000:]}")
-        time.sleep(0.3)
-    raise TimeoutError(f"only {size} of {n} signals after {timeout}s")
+        return size >= n
+    try:
+        wait_until(enough, f"{n} signals", workers, timeout)
+    except TimeoutError:
+        raise TimeoutError(f"only {size} of {n} signals after {timeout}s") from None
+    return size

@@ -1,6 +1,7 @@
 """The commit rule and the read-offset map of processors/faust_guards.py, in isolation.
 
-The end-to-end proof is tests/processors/test_worker.py::test_two_workers_split_partitions_and_take_over.
+The stale read offset they guard against showed up in tests/processors/test_worker.py's rebalance-churn
+scenario (test_take_over_in_the_middle_of_rebalances), traced with DEVLOG=1 worker logs.
 """
 from __future__ import annotations
 

@@ -51,7 +51,7 @@ def test_faust_signals_equal_batch_engine(settings, file, interval):
     try:
         wait_signals(s, len(expected), timeout=900, workers=(w,))
     finally:
-        assert w.stop() == 0, w.logs()[-2000:]
+        assert w.stop() == 0, w.tail(2000)
     got = collections.defaultdict(list)
     order_ok = True
     last = {}
