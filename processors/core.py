@@ -11,10 +11,12 @@ from dataclasses import dataclass, field
 from typing import Callable, Iterable
 
 import numpy as np
+import orjson
 
 from processors.scoring import Scorer
-from processors.smc import BadBar, SmcConfig, SymbolState
-from schemas import (SchemaError, Signal, decode_kline, encode_signal, interval_ms,
+from processors.smc import BadBar, Bar, SmcConfig, SymbolState
+from schemas.signal import SCHEMA_VERSION as SIGNAL_SCHEMA_VERSION
+from schemas import (SchemaError, Signal, decode_kline, interval_ms,
                      make_signal_id)
 
 
@@ -37,6 +39,24 @@ def signal_from_output(symbol: str, out, confidence: float, model_version: str, 
         atr=out.atr if out.atr == out.atr else 0.0,  # NaN during warm-up; JSON has no NaN
         events=out.events, features=list(out.features), confidence=round(float(confidence), 12),
         model_version=model_version, side=setup.side, entry=setup.entry, stop=setup.stop, target=setup.target)
+
+
+def signal_bytes(symbol: str, out, confidence: float, model_version: str, strategy_version: str) -> bytes:
+    """encode_signal(signal_from_output(...)) without the frozen dataclass in between (the hot path).
+
+    The dict's key order is Signal's field order, so the bytes are the same; tests/processors/test_core.py
+    checks that on real outputs."""
+    tf = out.timeframe
+    setup = out.setup
+    return orjson.dumps({
+        "signal_id": make_signal_id(symbol, tf, out.open_time, strategy_version),
+        "strategy_version": strategy_version, "symbol": symbol, "timeframe": tf,
+        "open_time": out.open_time, "close_time": out.open_time + interval_ms(tf) - 1,
+        "open": out.open, "high": out.high, "low": out.low, "close": out.close, "volume": out.volume,
+        "atr": out.atr if out.atr == out.atr else 0.0,
+        "events": out.events, "features": list(out.features), "confidence": round(float(confidence), 12),
+        "model_version": model_version, "side": setup.side, "entry": setup.entry, "stop": setup.stop,
+        "target": setup.target, "v": SIGNAL_SCHEMA_VERSION})
 
 
 class KlineProcessor:
@@ -90,7 +110,7 @@ class KlineProcessor:
                 result.rejects.append((f"Kline.open_time={k.open_time}: {what} bar (last processed {last}); state not rewound", key, raw))
                 continue
             try:
-                outs = state.update((k.open_time, k.open, k.high, k.low, k.close, k.volume))
+                outs = state.update(Bar(k.open_time, k.open, k.high, k.low, k.close, k.volume))
             except BadBar as exc:
                 result.rejects.append((f"Kline: {exc}", key, raw))
                 continue
@@ -100,8 +120,7 @@ class KlineProcessor:
             feats = np.array([o.features for _, o in outputs], dtype=np.float64)
             conf = self.scorer.score(feats)
             for (symbol, out), c in zip(outputs, conf):
-                sig = signal_from_output(symbol, out, c, self.scorer.version, self.strategy_version)
-                result.signals.append((symbol, encode_signal(sig)))
+                result.signals.append((symbol, signal_bytes(symbol, out, c, self.scorer.version, self.strategy_version)))
         for symbol, state in touched.items():
             blob = state.to_bytes()
             result.states[symbol] = blob

@@ -24,6 +24,7 @@ from __future__ import annotations
 from typing import Optional
 
 import faust
+from faust.streams import Stream
 from faust.transport.consumer import Consumer
 from faust.types import TP
 
@@ -49,6 +50,9 @@ def check_compatible() -> None:
     for name in ("_read_offset", "_acked", "_acked_index", "_committed_offset", "_new_offset"):
         if name not in Consumer.__annotations__ and not hasattr(Consumer, name):
             raise RuntimeError(f"faust Consumer has no {name}: the guards in processors/faust_guards.py do not apply")
+    for name in ("_enable_passive", "add_processor", "wait", "ack"):   # processors/faust_batches.py
+        if not hasattr(Stream, name):
+            raise RuntimeError(f"faust Stream has no {name}: processors/faust_batches.ReadyBatches does not apply")
 
 
 def contiguous_commit_offset(acked: list[int], committed: Optional[int]) -> tuple[Optional[int], int]:

@@ -18,6 +18,8 @@ from schemas.errors import SchemaError
 T = TypeVar("T")
 
 _FIELD_SPECS: dict[type, tuple[tuple[str, Any, bool], ...]] = {}
+_FAST_SPECS: dict[type, tuple[tuple[str, type], ...] | None] = {}
+_SCALARS = (float, int, str, bool)
 
 
 def _spec(cls: type) -> tuple[tuple[str, Any, bool], ...]:
@@ -31,6 +33,24 @@ def _spec(cls: type) -> tuple[tuple[str, Any, bool], ...]:
         spec = tuple(out)
         _FIELD_SPECS[cls] = spec
     return spec
+
+
+def _fast_spec(cls: type) -> tuple[tuple[str, ...], tuple[type, ...]] | None:
+    """(field names, exact types) when every field is a scalar, else None (no fast path for this type)."""
+    if cls not in _FAST_SPECS:
+        spec = _spec(cls)
+        _FAST_SPECS[cls] = ((tuple(n for n, _, _ in spec), tuple(h for _, h, _ in spec))
+                            if all(hint in _SCALARS for _, hint, _ in spec) else None)
+    return _FAST_SPECS[cls]
+
+
+def _is_exact(obj: dict, fast: tuple[tuple[str, ...], tuple[type, ...]], parsed: bool) -> bool:
+    """Every field present, in declaration order, with exactly its type (no int for a float, no bool for an
+    int), and floats finite (always so when orjson parsed them: it refuses NaN and infinities)."""
+    names, types = fast
+    if tuple(obj) != names or tuple(map(type, obj.values())) != types:
+        return False
+    return parsed or all(math.isfinite(v) for v in obj.values() if type(v) is float)
 
 
 def encode(msg: Any) -> bytes:
@@ -88,6 +108,14 @@ def decode_as(cls: type[T], raw: bytes | str | dict, validate: Callable[[T], Non
             raise SchemaError(type_name, "<payload>", raw[:60] if raw else raw, f"malformed JSON ({exc})") from None
     if not isinstance(obj, dict):
         raise SchemaError(type_name, "<payload>", obj, "expected a JSON object")
+    fast = _fast_spec(cls)
+    if fast is not None and _is_exact(obj, fast, parsed=obj is not raw):
+        # what our own encoders write: nothing to coerce, so skip the per-field checks (the slow path
+        # below gives the same object, and the precise error for anything else)
+        msg = cls(**obj)
+        if validate is not None:
+            validate(msg)
+        return msg
     kwargs = {}
     for name, hint, has_default in _spec(cls):
         if name not in obj:

@@ -12,6 +12,7 @@ SCHEMA_VERSION = 1
 SOURCES = ("live", "backfill", "replay")
 _SYMBOL = re.compile(r"[A-Z0-9]{2,32}")
 
+_FLOAT_FIELDS = ("open", "high", "low", "close", "volume", "quote_volume", "taker_buy_base", "taker_buy_quote")
 _UNIT_MS = {"m": 60_000, "h": 3_600_000, "d": 86_400_000, "w": 604_800_000}
 
 
@@ -65,18 +66,22 @@ def validate_kline(k: Kline) -> None:
         raise SchemaError("Kline", "open_time", k.open_time, f"not aligned on the {k.interval} grid")
     if k.close_time != k.open_time + step - 1:
         raise SchemaError("Kline", "close_time", k.close_time, f"expected open_time + {step} - 1 = {k.open_time + step - 1}")
-    for name in ("open", "high", "low", "close", "volume", "quote_volume", "taker_buy_base", "taker_buy_quote"):
-        if not math.isfinite(getattr(k, name)):
-            raise SchemaError("Kline", name, getattr(k, name), "not finite")
+    isfinite = math.isfinite
+    if not (isfinite(k.open) and isfinite(k.high) and isfinite(k.low) and isfinite(k.close) and isfinite(k.volume)
+            and isfinite(k.quote_volume) and isfinite(k.taker_buy_base) and isfinite(k.taker_buy_quote)):
+        for name in _FLOAT_FIELDS:      # which one, for the error
+            if not isfinite(getattr(k, name)):
+                raise SchemaError("Kline", name, getattr(k, name), "not finite")
     if k.low > min(k.open, k.close):
         raise SchemaError("Kline", "low", k.low, f"above min(open, close) = {min(k.open, k.close)}")
     if k.high < max(k.open, k.close):
         raise SchemaError("Kline", "high", k.high, f"below max(open, close) = {max(k.open, k.close)}")
     if k.low <= 0:
         raise SchemaError("Kline", "low", k.low, "prices must be positive")
-    for name in ("volume", "quote_volume", "trades", "taker_buy_base", "taker_buy_quote"):
-        if getattr(k, name) < 0:
-            raise SchemaError("Kline", name, getattr(k, name), "must be >= 0")
+    if k.volume < 0 or k.quote_volume < 0 or k.trades < 0 or k.taker_buy_base < 0 or k.taker_buy_quote < 0:
+        for name in ("volume", "quote_volume", "trades", "taker_buy_base", "taker_buy_quote"):
+            if getattr(k, name) < 0:
+                raise SchemaError("Kline", name, getattr(k, name), "must be >= 0")
     if k.source not in SOURCES:
         raise SchemaError("Kline", "source", k.source, f"expected one of {SOURCES}")
     if k.v != SCHEMA_VERSION:

@@ -3,6 +3,8 @@ from __future__ import annotations
 
 from dataclasses import asdict, dataclass
 
+_DICTS: dict = {}   # SmcConfig -> its dict: a state snapshot per symbol per batch must not pay for asdict()
+
 
 @dataclass(frozen=True)
 class SmcConfig:
@@ -23,7 +25,10 @@ class SmcConfig:
     htf_factor: int = 5            # HTF = htf_factor * interval_ms on the UTC grid from epoch
 
     def to_dict(self) -> dict:
-        return asdict(self)
+        d = _DICTS.get(self)
+        if d is None:
+            d = _DICTS[self] = asdict(self)
+        return dict(d)   # a copy: callers may edit theirs
 
     @classmethod
     def from_dict(cls, d: dict) -> "SmcConfig":

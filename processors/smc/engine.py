@@ -64,6 +64,10 @@ class SmcEngine:
     def update(self, bar: Any, htf_trend: int = 0) -> BarOutput:
         b = bar if type(bar) is Bar else as_bar(bar)
         validate_bar(b, self.last_time)          # raises before any state changes
+        return self.update_validated(b, htf_trend)
+
+    def update_validated(self, b: Bar, htf_trend: int = 0) -> BarOutput:
+        """update() for a Bar the caller already passed through validate_bar(b, self.last_time)."""
         t, o, h, l, c, v = b
         self.last_time = t
         atr, atr_eff = self.atr.update(h, l, c)

@@ -70,7 +70,7 @@ class SymbolState:
         b = bar if type(bar) is Bar else as_bar(bar)
         validate_bar(b, self.base.last_time)   # reject before the aggregator changes
         htf_out = [self.htf.update(x) for x in self.agg.push(*b)]
-        return [self.base.update(b, self.htf.trend), *htf_out]
+        return [self.base.update_validated(b, self.htf.trend), *htf_out]   # validated above
 
     def to_bytes(self) -> bytes:
         return orjson.dumps([_STATE_VERSION, self.base.to_state(), self.agg.cur, self.htf.to_state()])
