@@ -23,6 +23,7 @@ def main(argv: list[str] | None = None) -> int:
     import faust
     from processors.app import create_app
     from processors.diagnostics import install_sigusr1_dump
+    from processors.gc_tuning import freeze_startup_objects
     settings = load_settings(args.config)
     app = create_app(settings)
     debug_loggers = [n for n in os.environ.get("SMC_DEBUG_LOGGERS", "").split(",") if n]
@@ -39,6 +40,10 @@ def main(argv: list[str] | None = None) -> int:
     @app.task
     async def _diagnostics():   # `kill -USR1 <pid>` logs where every coroutine waits
         install_sigusr1_dump(asyncio.get_running_loop())
+
+    @app.task
+    async def _settle_gc():     # short full GC passes: the start-up objects are never garbage
+        logging.getLogger("smc.processors").info("gc: %d start-up objects frozen", freeze_startup_objects())
 
     worker = Worker(app, loglevel="debug" if debug_loggers else args.loglevel, quiet=True, redirect_stdouts=False)
     worker.execute_from_commandline()

@@ -30,6 +30,7 @@ from infra.settings import Settings, load_settings  # noqa: E402
 from processors import faust_guards  # noqa: E402
 from processors.app import BATCH_MAX, app_config  # noqa: E402
 from processors.faust_batches import ReadyBatches  # noqa: E402
+from processors.gc_tuning import freeze_startup_objects  # noqa: E402
 from schemas import topic_name  # noqa: E402
 
 
@@ -63,6 +64,10 @@ def create_noop_app(settings: Settings, batching: str = "ready") -> faust.App:
             stats["t_last"] = now
             stats["klines"] += len(batch)
             stats["batches"] += 1
+
+    @app.task
+    async def _settle_gc():     # as `python -m processors worker` does
+        freeze_startup_objects()
 
     stats_file = os.environ.get("SMC_STATS_FILE")
     if stats_file:
