@@ -5,9 +5,8 @@ so from the process that owns the store (the audit sink), and readers open it af
 """
 from __future__ import annotations
 
-import dataclasses
 import threading
-from typing import Any, Iterable, Sequence
+from typing import Any, Sequence
 
 import clickhouse_connect
 import orjson

@@ -221,7 +221,6 @@ def run_detectors(T, O, H, L, C, V, fd, ft, fb, sw, swing_n, atr_p, rsi_p, max_f
     sweep_t = -1
 
     for t in range(n):
-        o = O[t]
         h = H[t]
         l = L[t]
         c = C[t]
