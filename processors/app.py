@@ -91,6 +91,7 @@ def create_app(settings: Settings) -> faust.App:
     delivery = BatchDelivery(settings, client_id=app_id(settings))
     signals_topic = signals.get_topic_name()
     dlq_topic = dlq.get_topic_name()
+    klines_topic = klines.get_topic_name()
     changelog_topic = state_table.changelog_topic.get_topic_name()
     store = state_table.data
     # the newest state of every symbol the open group touched, not yet acknowledged (see process_klines)
@@ -113,8 +114,6 @@ def create_app(settings: Settings) -> faust.App:
         """
         batches = ReadyBatches(stream, BATCH_MAX)
         group: list[list] = []
-        group_klines = 0
-        partition_of: dict[bytes, int] = {}
         async for batch in batches:
             t0 = time.perf_counter()
             records = [(e.message.key, e.message.value) for e in batch]
@@ -124,21 +123,19 @@ def create_app(settings: Settings) -> faust.App:
                 delivery.produce(signals_topic, sym.encode(), raw)
             now = int(time.time() * 1000)
             for reason, key, raw in result.rejects:
-                rej = make_reject("processors", reason, raw, key, now, klines.get_topic_name())
+                rej = make_reject("processors", reason, raw, key, now, klines_topic)
                 delivery.produce(dlq_topic, b"processors", encode_reject(rej))
             unconfirmed.update(result.states)
-            for e in batch:
-                partition_of[e.message.key] = e.message.partition
             group.append(batch)
-            group_klines += len(batch)
             stats["klines"] += result.klines
             stats["signals"] += len(result.signals)
             stats["rejects"] += len(result.rejects)
             stats["batches"] += 1
             stats["process_s"] += t1 - t0
-            if batches.waiting and group_klines < GROUP_MAX:
+            if batches.waiting and sum(map(len, group)) < GROUP_MAX:
                 continue            # more is queued: processing it overlaps this group's delivery
             await delivery.flush()  # 1. the group's signals are acknowledged ...
+            partition_of = {e.message.key: e.message.partition for done in group for e in done}
             for symbol, blob in unconfirmed.items():
                 # 2. ... before the state that implies them may become recoverable. The changelog
                 # partition is the source partition of the symbol's klines (co-partitioning), as
@@ -154,7 +151,6 @@ def create_app(settings: Settings) -> faust.App:
             for done in group:
                 await batches.ack(done)
             group.clear()
-            group_klines = 0
             stats["deliver_s"] += time.perf_counter() - t1
 
     @app.on_before_shutdown.connect

@@ -28,35 +28,29 @@ class BatchResult:
     klines: int = 0
 
 
-def signal_from_output(symbol: str, out, confidence: float, model_version: str, strategy_version: str) -> Signal:
-    tf_ms = interval_ms(out.timeframe)
-    setup = out.setup
-    return Signal(
-        signal_id=make_signal_id(symbol, out.timeframe, out.open_time, strategy_version),
-        strategy_version=strategy_version, symbol=symbol, timeframe=out.timeframe,
-        open_time=out.open_time, close_time=out.open_time + tf_ms - 1,
-        open=out.open, high=out.high, low=out.low, close=out.close, volume=out.volume,
-        atr=out.atr if out.atr == out.atr else 0.0,  # NaN during warm-up; JSON has no NaN
-        events=out.events, features=list(out.features), confidence=round(float(confidence), 12),
-        model_version=model_version, side=setup.side, entry=setup.entry, stop=setup.stop, target=setup.target)
-
-
-def signal_bytes(symbol: str, out, confidence: float, model_version: str, strategy_version: str) -> bytes:
-    """encode_signal(signal_from_output(...)) without the frozen dataclass in between (the hot path).
-
-    The dict's key order is Signal's field order, so the bytes are the same; tests/processors/test_core.py
-    checks that on real outputs."""
+def _signal_fields(symbol: str, out, confidence: float, model_version: str, strategy_version: str) -> dict:
+    """A Signal's fields from an engine output, in Signal's field order (so dumping the dict gives the same
+    bytes as encoding the dataclass; tests/processors/test_core.py checks that on real outputs)."""
     tf = out.timeframe
     setup = out.setup
-    return orjson.dumps({
+    return {
         "signal_id": make_signal_id(symbol, tf, out.open_time, strategy_version),
         "strategy_version": strategy_version, "symbol": symbol, "timeframe": tf,
         "open_time": out.open_time, "close_time": out.open_time + interval_ms(tf) - 1,
         "open": out.open, "high": out.high, "low": out.low, "close": out.close, "volume": out.volume,
-        "atr": out.atr if out.atr == out.atr else 0.0,
+        "atr": out.atr if out.atr == out.atr else 0.0,  # NaN during warm-up; JSON has no NaN
         "events": out.events, "features": list(out.features), "confidence": round(float(confidence), 12),
         "model_version": model_version, "side": setup.side, "entry": setup.entry, "stop": setup.stop,
-        "target": setup.target, "v": SIGNAL_SCHEMA_VERSION})
+        "target": setup.target, "v": SIGNAL_SCHEMA_VERSION}
+
+
+def signal_from_output(symbol: str, out, confidence: float, model_version: str, strategy_version: str) -> Signal:
+    return Signal(**_signal_fields(symbol, out, confidence, model_version, strategy_version))
+
+
+def signal_bytes(symbol: str, out, confidence: float, model_version: str, strategy_version: str) -> bytes:
+    """encode_signal(signal_from_output(...)) without the frozen dataclass in between (the hot path)."""
+    return orjson.dumps(_signal_fields(symbol, out, confidence, model_version, strategy_version))
 
 
 class KlineProcessor:

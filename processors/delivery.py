@@ -38,11 +38,11 @@ class BatchDelivery:
         if err is not None:   # runs in the flushing thread; read only after flush() returned
             self._errors.append(f"{msg.topic()}[{msg.partition()}]: {err.str()}")
 
-    def produce(self, topic: str, key: bytes, value: bytes, partition: int | None = None) -> None:
-        kwargs = {} if partition is None else {"partition": partition}
+    def produce(self, topic: str, key: bytes, value: bytes, partition: int = -1) -> None:
+        """partition -1: the producer's partitioner picks it from the key."""
         while True:
             try:
-                self._producer.produce(topic, value=value, key=key, on_delivery=self._on_delivery, **kwargs)
+                self._producer.produce(topic, value=value, key=key, partition=partition, on_delivery=self._on_delivery)
                 return
             except BufferError:          # local queue full: let librdkafka drain a little
                 self._producer.poll(0.05)

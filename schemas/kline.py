@@ -13,6 +13,7 @@ SOURCES = ("live", "backfill", "replay")
 _SYMBOL = re.compile(r"[A-Z0-9]{2,32}")
 
 _FLOAT_FIELDS = ("open", "high", "low", "close", "volume", "quote_volume", "taker_buy_base", "taker_buy_quote")
+_NON_NEGATIVE_FIELDS = ("volume", "quote_volume", "trades", "taker_buy_base", "taker_buy_quote")
 _UNIT_MS = {"m": 60_000, "h": 3_600_000, "d": 86_400_000, "w": 604_800_000}
 
 
@@ -66,11 +67,11 @@ def validate_kline(k: Kline) -> None:
         raise SchemaError("Kline", "open_time", k.open_time, f"not aligned on the {k.interval} grid")
     if k.close_time != k.open_time + step - 1:
         raise SchemaError("Kline", "close_time", k.close_time, f"expected open_time + {step} - 1 = {k.open_time + step - 1}")
-    isfinite = math.isfinite
-    if not (isfinite(k.open) and isfinite(k.high) and isfinite(k.low) and isfinite(k.close) and isfinite(k.volume)
-            and isfinite(k.quote_volume) and isfinite(k.taker_buy_base) and isfinite(k.taker_buy_quote)):
-        for name in _FLOAT_FIELDS:      # which one, for the error
-            if not isfinite(getattr(k, name)):
+    # one check on the hot path (a NaN or infinity makes the sum non-finite), the field loop only to name it
+    if not math.isfinite(k.open + k.high + k.low + k.close + k.volume + k.quote_volume + k.taker_buy_base
+                         + k.taker_buy_quote):
+        for name in _FLOAT_FIELDS:
+            if not math.isfinite(getattr(k, name)):
                 raise SchemaError("Kline", name, getattr(k, name), "not finite")
     if k.low > min(k.open, k.close):
         raise SchemaError("Kline", "low", k.low, f"above min(open, close) = {min(k.open, k.close)}")
@@ -78,8 +79,8 @@ def validate_kline(k: Kline) -> None:
         raise SchemaError("Kline", "high", k.high, f"below max(open, close) = {max(k.open, k.close)}")
     if k.low <= 0:
         raise SchemaError("Kline", "low", k.low, "prices must be positive")
-    if k.volume < 0 or k.quote_volume < 0 or k.trades < 0 or k.taker_buy_base < 0 or k.taker_buy_quote < 0:
-        for name in ("volume", "quote_volume", "trades", "taker_buy_base", "taker_buy_quote"):
+    if min(k.volume, k.quote_volume, k.trades, k.taker_buy_base, k.taker_buy_quote) < 0:
+        for name in _NON_NEGATIVE_FIELDS:
             if getattr(k, name) < 0:
                 raise SchemaError("Kline", name, getattr(k, name), "must be >= 0")
     if k.source not in SOURCES:
