@@ -1,18 +1,27 @@
 """The Faust (faust-streaming) application: `klines` -> per-symbol SMC state -> `signals`.
 
-Ordering that makes restarts lose nothing and double nothing, per batch (processors.faust_batches):
-  1. decode, update the per-symbol state, score the batch (processors.core, no I/O);
-  2. produce the batch's signals and dead letters; when nothing more is queued (or the group of
-     batches is large), WAIT for the broker's acknowledgement of all of them;
-  3. only then produce the new state bytes to the table's changelog, wait for those, update the table,
+Two tables, both changelogged and co-partitioned with `klines` (a symbol's records share a partition):
+  * `symbol-state`: per symbol, the engines' state (M1 and M5 SMC detectors, indicators, features);
+  * `htf-bars`: a tumbling windowed table on the UTC grid of the higher timeframe (M5 for 1m klines),
+    per (symbol, window) the HTF bar built from the base bars: the open one, and the last closed ones
+    for readers (`table[symbol][window_range]`). An M5 bar is closed by the M1 bar that ends it (or by
+    the first bar of a later window after a gap); nothing relies on on_window_close (#193, #250).
+
+Ordering that makes restarts lose nothing and double nothing, per group of batches (faust_batches):
+  1. decode, update the per-symbol state, score each batch (processors.core, no I/O), produce its
+     signals and dead letters;
+  2. produce the group's new windows to their changelog, WAIT until the broker has acknowledged all
+     of the above;
+  3. only then produce the new state bytes to their changelog, wait for those, update both tables,
   4. and only then ack the group's klines (offsets commit after acks, never past an unacked one).
-So the state never runs ahead of the signals it implies: after a crash, re-delivered klines either
-are re-processed from an older state (same bytes out, the same signal_id: consumers dedupe by id) or
-are recognised as duplicates. Records go out through one confluent-kafka producer
+So the state never runs ahead of the signals it implies, nor of the windows it reads: after a crash,
+re-delivered klines either are re-processed from an older state (same bytes out, the same signal_id:
+consumers dedupe by id) or are recognised as duplicates. A window may be stored ahead of the state;
+folding is idempotent (a window knows the newest bar in it), so re-processing never counts a bar twice
+(tests/processors/test_core.py). Records go out through one confluent-kafka producer
 (processors.delivery): Faust's per-record send path cost more than the SMC engine itself.
 The stateful agent runs at concurrency 1 (faust-streaming #606: offsets can be committed past an
-in-flight message with concurrency > 1). M5 bars are closed by the M1 bar that ends them, inside the
-per-symbol state; nothing relies on on_window_close (#193, #250).
+in-flight message with concurrency > 1).
 """
 from __future__ import annotations
 
@@ -26,17 +35,18 @@ import faust
 
 from infra.settings import Settings
 from processors import faust_guards
-from processors.core import KlineProcessor
+from processors.core import KlineProcessor, expired_windows
 from processors.delivery import BatchDelivery
 from processors.faust_batches import ReadyBatches
 from processors.scoring import load_scorer
-from schemas import encode_reject, make_reject, topic_name
+from schemas import encode_reject, interval_ms, make_reject, topic_name
 
 log = logging.getLogger("smc.processors")
 
 BATCH_MAX = 2000         # klines per batch at most: amortizes LightGBM and the Python overhead of a batch
 GROUP_MAX = 10_000       # klines per group commit at most (bounds what a crash makes the broker re-deliver)
 POLL_RECORDS = 500       # records per consumer poll
+HTF_KEEP = 12            # closed HTF windows kept per symbol for readers (one hour of M5 bars)
 
 
 def app_id(settings: Settings) -> str:
@@ -82,6 +92,14 @@ def create_app(settings: Settings) -> faust.App:
                     value_serializer="raw", key_serializer="raw", partitions=1)
     state_table = app.Table("symbol-state", default=None, partitions=settings.partitions,
                             key_type=bytes, value_type=bytes)
+    # Keys (symbol, (start_s, end_s)) as Faust's windowed tables have them: JSON in the changelog.
+    # No `expires`: Faust's expiry bookkeeping lives in Table.__setitem__, which the agent does not use,
+    # and its time-based changelog retention could delete the open window of a quiet symbol. Windows
+    # older than HTF_KEEP are deleted by the agent instead, with tombstones.
+    htf_period = interval_ms(settings.interval) * settings.htf_factor
+    htf_bars = app.Table("htf-bars", default=None, partitions=settings.partitions,
+                         key_type=str, value_type=bytes).tumbling(htf_period / 1000)
+    htf_table = htf_bars.table
     processor = KlineProcessor(load_scorer(settings.model_path), settings.strategy_version,
                                settings.interval, settings.htf_factor)
     # process_s: time in the pure core; deliver_s: producing and awaiting acks (Faust consumes meanwhile)
@@ -92,22 +110,48 @@ def create_app(settings: Settings) -> faust.App:
     signals_topic = signals.get_topic_name()
     dlq_topic = dlq.get_topic_name()
     klines_topic = klines.get_topic_name()
-    changelog_topic = state_table.changelog_topic.get_topic_name()
+    state_changelog = state_table.changelog_topic.get_topic_name()
+    htf_changelog = htf_table.changelog_topic.get_topic_name()
     store = state_table.data
-    # the newest state of every symbol the open group touched, not yet acknowledged (see process_klines)
+    htf_store = htf_table.data
+    # the newest states and windows the open group wrote, not yet acknowledged (see process_klines)
     unconfirmed: dict[str, bytes] = {}
+    unconfirmed_windows: dict[tuple[str, int], bytes] = {}
+    symbol_partition: dict[bytes, int] = {}  # fixed by the key: klines are partitioned by symbol
+    sweep = {"at": 1024}                      # store size that triggers the next expiry sweep
 
-    def get_state(symbol: str) -> bytes | None:
-        blob = unconfirmed.get(symbol)
-        return blob if blob is not None else store.get(symbol.encode())
+    def window_key(symbol: str, bucket: int) -> tuple:
+        return symbol, htf_table.window.current(bucket / 1000)
+
+    class AgentTables:
+        """processors.core.Tables over the Faust tables and what the open group wrote."""
+
+        @staticmethod
+        def state(symbol: str) -> bytes | None:
+            blob = unconfirmed.get(symbol)
+            return blob if blob is not None else store.get(symbol.encode())
+
+        @staticmethod
+        def window(symbol: str, bucket: int) -> bytes | None:
+            blob = unconfirmed_windows.get((symbol, bucket))
+            return blob if blob is not None else htf_store.get(window_key(symbol, bucket))
+
+    tables = AgentTables()
+
+    def expired_assigned() -> list:
+        """Windows past HTF_KEEP of the symbols whose partitions this worker holds now."""
+        mine = {tp.partition for tp in app.consumer.assignment() if tp.topic == klines_topic}
+        keys = [k for k in htf_store.keys() if symbol_partition.get(k[0].encode()) in mine]
+        return expired_windows(keys, HTF_KEEP * htf_period / 1000)
 
     @app.agent(klines, concurrency=1)
     async def process_klines(stream):
         """Group commit: batches are processed and their signals produced back to back while more klines
         are queued; then the group is made durable in order:
-          1. wait until every signal and dead letter of the group is acknowledged,
-          2. produce the newest state of each touched symbol to the table's changelog, wait for those,
-          3. update the table, ack the group's klines (their offsets may now be committed).
+          1. produce the newest window of each touched (symbol, window), wait until those and every
+             signal and dead letter of the group are acknowledged,
+          2. produce the newest state of each touched symbol to its changelog, wait for those,
+          3. update both tables, ack the group's klines (their offsets may now be committed).
         A signal leaves within librdkafka's linger (1 ms) of its batch, not after earlier batches' round
         trips; under load a group costs two broker round trips, however many batches it holds. A group
         closes as soon as nothing is queued, so an idle stream or a rebalance never holds acks back.
@@ -117,7 +161,7 @@ def create_app(settings: Settings) -> faust.App:
         async for batch in batches:
             t0 = time.perf_counter()
             records = [(e.message.key, e.message.value) for e in batch]
-            result = processor.process(records, get_state)
+            result = processor.process(records, tables)
             t1 = time.perf_counter()
             for sym, raw in result.signals:
                 delivery.produce(signals_topic, sym.encode(), raw)
@@ -126,6 +170,7 @@ def create_app(settings: Settings) -> faust.App:
                 rej = make_reject("processors", reason, raw, key, now, klines_topic)
                 delivery.produce(dlq_topic, b"processors", encode_reject(rej))
             unconfirmed.update(result.states)
+            unconfirmed_windows.update(result.windows)
             group.append(batch)
             stats["klines"] += result.klines
             stats["signals"] += len(result.signals)
@@ -134,20 +179,36 @@ def create_app(settings: Settings) -> faust.App:
             stats["process_s"] += t1 - t0
             if batches.waiting and sum(map(len, group)) < GROUP_MAX:
                 continue            # more is queued: processing it overlaps this group's delivery
-            await delivery.flush()  # 1. the group's signals are acknowledged ...
-            partition_of = {e.message.key: e.message.partition for done in group for e in done}
+            symbol_partition.update((e.message.key, e.message.partition) for done in group for e in done)
+            # Changelog partition = the source partition of the symbol's klines (co-partitioning), as
+            # Table.__setitem__ would pick it.
+            windows = {window_key(sym, bucket): blob for (sym, bucket), blob in unconfirmed_windows.items()}
+            for key, blob in windows.items():
+                delivery.produce(htf_changelog, orjson.dumps([key[0], key[1]]), blob,
+                                 partition=symbol_partition[key[0].encode()])
+            sweeping = len(htf_store) >= sweep["at"]   # amortised: the store doubles between sweeps
+            expired = [k for k in expired_assigned() if k not in windows] if sweeping else []
+            for key in expired:   # tombstones
+                delivery.produce(htf_changelog, orjson.dumps([key[0], key[1]]), None,
+                                 partition=symbol_partition[key[0].encode()])
+            await delivery.flush()  # the group's signals, dead letters and windows are acknowledged ...
             for symbol, blob in unconfirmed.items():
-                # 2. ... before the state that implies them may become recoverable. The changelog
-                # partition is the source partition of the symbol's klines (co-partitioning), as
-                # Table.__setitem__ would pick it.
+                # ... before the state that implies the signals and reads the windows may become
+                # recoverable
                 key = symbol.encode()
-                delivery.produce(changelog_topic, key, blob, partition=partition_of[key])
+                delivery.produce(state_changelog, key, blob, partition=symbol_partition[key])
             await delivery.flush()
+            # what Table.__setitem__ does besides the changelog send it left to us: the tables keep
+            # no TTL bookkeeping (no `expires`), and no sensors are used here
+            htf_store.update(windows)
+            for key in expired:
+                del htf_store[key]
+            if sweeping:
+                sweep["at"] = max(1024, 2 * len(htf_store))
             for symbol, blob in unconfirmed.items():
-                # 3. what Table.__setitem__ does besides the changelog send it left to us: a plain
-                # (not windowed) table keeps no TTL bookkeeping, and no sensors are used here
                 store[symbol.encode()] = blob
             unconfirmed.clear()
+            unconfirmed_windows.clear()
             for done in group:
                 await batches.ack(done)
             group.clear()

@@ -1,20 +1,22 @@
 """The processors' functional core: a batch of kline records in, signals and rejects out. No I/O.
 
 The Faust agent (processors/app.py) and the reference run over files both call `KlineProcessor`, so
-the streaming path and its checks share one implementation. Per-symbol state objects stay cached in
-memory between batches; their serialized bytes (what the Faust table and its changelog hold) are
-the source of truth after a restart or a rebalance.
+the streaming path and its checks share one implementation. It reads two tables through a `Tables`
+view: per symbol the engines' state bytes, and per (symbol, M5 bucket) the M5 bar under construction
+(the window). Per-symbol state objects stay cached in memory between batches; the stored bytes (what
+the Faust tables and their changelogs hold) are the source of truth after a restart or a rebalance.
 """
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Callable, Iterable
+from typing import Iterable, Protocol
 
 import numpy as np
 import orjson
 
 from processors.scoring import Scorer
 from processors.smc import BadBar, Bar, SmcConfig, SymbolState
+from processors.smc.htf import window_from_bytes, window_to_bytes
 from schemas.signal import SCHEMA_VERSION as SIGNAL_SCHEMA_VERSION
 from schemas import (SchemaError, Signal, decode_kline, interval_ms,
                      make_signal_id)
@@ -25,7 +27,34 @@ class BatchResult:
     signals: list[tuple[str, bytes]] = field(default_factory=list)      # (symbol, Signal bytes)
     rejects: list[tuple[str, bytes | None, bytes | None]] = field(default_factory=list)  # (reason, key, raw)
     states: dict[str, bytes] = field(default_factory=dict)              # symbol -> new state bytes
+    windows: dict[tuple[str, int], bytes] = field(default_factory=dict)  # (symbol, M5 bucket ms) -> new window bytes
     klines: int = 0
+
+
+class Tables(Protocol):
+    """What the processor reads: the newest stored bytes, None when there are none."""
+
+    def state(self, symbol: str) -> bytes | None: ...
+
+    def window(self, symbol: str, bucket: int) -> bytes | None: ...
+
+
+class MemoryTables:
+    """Both tables as dicts: reference runs, tests and benchmarks (the Faust agent has its own view)."""
+
+    def __init__(self) -> None:
+        self.states: dict[str, bytes] = {}
+        self.windows: dict[tuple[str, int], bytes] = {}
+
+    def state(self, symbol: str) -> bytes | None:
+        return self.states.get(symbol)
+
+    def window(self, symbol: str, bucket: int) -> bytes | None:
+        return self.windows.get((symbol, bucket))
+
+    def apply(self, result: "BatchResult") -> None:
+        self.states.update(result.states)
+        self.windows.update(result.windows)
 
 
 def _signal_fields(symbol: str, out, confidence: float, model_version: str, strategy_version: str) -> dict:
@@ -53,6 +82,17 @@ def signal_bytes(symbol: str, out, confidence: float, model_version: str, strate
     return orjson.dumps(_signal_fields(symbol, out, confidence, model_version, strategy_version))
 
 
+def expired_windows(keys: Iterable[tuple], horizon: float) -> list[tuple]:
+    """Windowed-table keys (symbol, (start, end)) starting more than `horizon` before their symbol's
+    newest window: the open window of a symbol, however old, is never expired."""
+    keys = list(keys)
+    newest: dict[str, float] = {}
+    for symbol, (start, _) in keys:
+        if start > newest.get(symbol, float("-inf")):
+            newest[symbol] = start
+    return [k for k in keys if k[1][0] < newest[k[0]] - horizon]
+
+
 class KlineProcessor:
     def __init__(self, scorer: Scorer, strategy_version: str, interval: str = "1m", htf_factor: int = 5,
                  config: SmcConfig | None = None) -> None:
@@ -63,11 +103,20 @@ class KlineProcessor:
         self.config = config or SmcConfig(interval_ms=step, htf_factor=htf_factor)
         self._cache: dict[str, tuple[bytes | None, SymbolState]] = {}
 
-    def _state(self, symbol: str, stored: bytes | None) -> SymbolState:
+    def _state(self, symbol: str, tables: Tables) -> SymbolState:
+        stored = tables.state(symbol)
         cached = self._cache.get(symbol)
         if cached is not None and cached[0] is stored:
-            return cached[1]
-        state = SymbolState.from_bytes(stored) if stored else SymbolState(self.config)
+            return cached[1]   # its open window is the one this process stored last
+        if not stored:
+            state = SymbolState(self.config)
+        else:
+            state = SymbolState.from_bytes(stored)
+            bucket = state.open_bucket
+            if bucket is not None:
+                # written before the state (processors/app.py), so present, and possibly ahead of it
+                window = tables.window(symbol, bucket)
+                state.agg.cur = window_from_bytes(window) if window is not None else None
         self._cache[symbol] = (stored, state)
         return state
 
@@ -79,10 +128,11 @@ class KlineProcessor:
             for s in symbols:
                 self._cache.pop(s, None)
 
-    def process(self, records: Iterable[tuple[bytes | None, bytes]], get_state: Callable[[str], bytes | None]) -> BatchResult:
+    def process(self, records: Iterable[tuple[bytes | None, bytes]], tables: Tables) -> BatchResult:
         result = BatchResult()
         outputs: list[tuple[str, object]] = []
         touched: dict[str, SymbolState] = {}
+        windows: dict[tuple[str, int], list] = {}
         for key, raw in records:
             result.klines += 1
             try:
@@ -90,14 +140,15 @@ class KlineProcessor:
             except SchemaError as exc:
                 result.rejects.append((str(exc), key, raw))
                 continue
-            if key is not None and key != k.symbol.encode():
-                # per-symbol order holds only when the key is the symbol (one partition per symbol)
+            if key != k.symbol.encode():
+                # per-symbol order holds only when the key is the symbol (one partition per symbol),
+                # and the tables' changelog partitions follow it
                 result.rejects.append((f"Kline.symbol={k.symbol!r}: message key {key!r} is not the symbol", key, raw))
                 continue
             if k.interval != self.interval:
                 result.rejects.append((f"Kline.interval={k.interval!r}: this processor runs on {self.interval} bars", key, raw))
                 continue
-            state = touched.get(k.symbol) or self._state(k.symbol, get_state(k.symbol))
+            state = touched.get(k.symbol) or self._state(k.symbol, tables)
             last = state.base.last_time
             if last is not None and k.open_time <= last:
                 what = "duplicate" if k.open_time == last else "out-of-order"
@@ -109,6 +160,8 @@ class KlineProcessor:
                 result.rejects.append((f"Kline: {exc}", key, raw))
                 continue
             touched[k.symbol] = state
+            window = state.agg.window
+            windows[(k.symbol, window[0])] = window
             outputs.extend((k.symbol, o) for o in outs)
         if outputs:
             feats = np.array([o.features for _, o in outputs], dtype=np.float64)
@@ -119,4 +172,6 @@ class KlineProcessor:
             blob = state.to_bytes()
             result.states[symbol] = blob
             self._cache[symbol] = (blob, state)
+        for key, window in windows.items():
+            result.windows[key] = window_to_bytes(window)
         return result

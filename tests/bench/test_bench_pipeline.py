@@ -192,16 +192,16 @@ def _raw_consume(settings: Settings, n: int) -> tuple[float, float, list[tuple[b
 
 
 def _core_in_process(settings: Settings, records: list[tuple[bytes, bytes]]) -> tuple[float, int]:
-    from processors.core import KlineProcessor
+    from processors.core import KlineProcessor, MemoryTables
     from processors.scoring import load_scorer
     proc = KlineProcessor(load_scorer(settings.model_path), settings.strategy_version, settings.interval,
                           settings.htf_factor)
-    states: dict[str, bytes] = {}
+    tables = MemoryTables()
     signals = 0
     t = time.perf_counter()
     for i in range(0, len(records), BATCH_MAX):
-        r = proc.process(records[i:i + BATCH_MAX], states.get)
-        states.update(r.states)
+        r = proc.process(records[i:i + BATCH_MAX], tables)
+        tables.apply(r)
         signals += len(r.signals)
     return len(records) / (time.perf_counter() - t), signals
 

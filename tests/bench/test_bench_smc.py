@@ -19,6 +19,7 @@ import pytest
 os.environ.setdefault("SMC_CREDIT", "0")
 
 from processors.smc import SymbolState, compute_batch_all  # noqa: E402
+from processors.smc.htf import window_from_bytes, window_to_bytes  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[2]
 COLS = ["open_time", "open", "high", "low", "close", "volume"]
@@ -125,16 +126,17 @@ def test_bench_300_symbols_one_bar():
         for r in rows[off:off + warm]:
             s.update(r)
         states.append((s, rows[off + warm]))
-    blobs = [s.to_bytes() for s, _ in states]
+    blobs = [(s.to_bytes(), window_to_bytes(s.open_window) if s.open_window else None) for s, _ in states]
     t0 = time.perf_counter()
     for s, r in states:
         s.update(r)
     upd = time.perf_counter() - t0
     t0 = time.perf_counter()
-    for b, (_, r) in zip(blobs, states):          # as a Faust table would: load bytes, update, dump bytes
-        x = SymbolState.from_bytes(b)
+    for (b, w), (_, r) in zip(blobs, states):     # as the Faust tables would: load bytes, update, dump bytes
+        x = SymbolState.from_bytes(b, window_from_bytes(w) if w else None)
         x.update(r)
         x.to_bytes()
+        window_to_bytes(x.agg.window)
     rt = time.perf_counter() - t0
     print(f"\n[300 symbols x 1 bar] in-memory update: {upd * 1e3:.2f} ms ({upd / 60:.5%} of the 60 s budget); "
           f"with bytes load+dump per symbol: {rt * 1e3:.1f} ms ({rt / 60:.4%}); "

@@ -9,7 +9,7 @@ import polars as pl
 import pytest
 
 from models.dataset import REPO, WIDE_1H, load_klines, smc_config, symbol_features
-from processors.core import KlineProcessor
+from processors.core import KlineProcessor, MemoryTables
 from processors.scoring import LightGBMScorer
 from processors.smc import FEATURE_NAMES
 from schemas import Kline, decode_signal, encode_kline
@@ -46,7 +46,7 @@ def test_batch_and_streaming_scores_are_identical(scorer):
         conf = scorer.score(f.select(FEATURE_NAMES).to_numpy())
         want.update({(sym, t): c for t, c in zip(f["open_time"].to_list(), conf)})
     proc = KlineProcessor(scorer, "test", interval="1h", htf_factor=5)
-    states: dict[str, bytes] = {}
+    tables = MemoryTables()
     got = {}
     rows = kl.sort(["open_time", "symbol"]).iter_rows(named=True)
     recs = [(r["symbol"].encode(), encode_kline(Kline(symbol=r["symbol"], interval="1h", open_time=r["open_time"],
@@ -55,9 +55,9 @@ def test_batch_and_streaming_scores_are_identical(scorer):
                                                        volume=r["volume"], source="replay")))
             for r in rows]
     for i in range(0, len(recs), 7):                                      # small, uneven batches
-        res = proc.process(recs[i:i + 7], states.get)
+        res = proc.process(recs[i:i + 7], tables)
         assert not res.rejects
-        states.update(res.states)
+        tables.apply(res)
         for _, raw in res.signals:
             s = decode_signal(raw)
             if s.timeframe == "1h":

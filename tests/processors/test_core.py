@@ -7,7 +7,7 @@ import orjson
 import pytest
 
 from harness import load_klines
-from processors.core import KlineProcessor, signal_bytes, signal_from_output
+from processors.core import KlineProcessor, MemoryTables, expired_windows, signal_bytes, signal_from_output
 from processors.scoring import HeuristicScorer
 from processors.smc import SmcConfig, SymbolState
 from schemas import SchemaError, decode_kline, decode_signal, encode_kline, encode_signal, interval_ms
@@ -42,7 +42,7 @@ def test_signal_bytes_equal_the_dataclass_encoding_on_real_outputs():
 def test_processor_signals_decode_and_validate():
     proc = KlineProcessor(HeuristicScorer(), "s1", "1h", 5)
     records = [(k.symbol.encode(), encode_kline(k)) for k in _real_klines(4, 120)]
-    res = proc.process(records, lambda _s: None)
+    res = proc.process(records, MemoryTables())
     assert res.klines == len(records) and not res.rejects
     sigs = [decode_signal(raw) for _, raw in res.signals]
     assert len(sigs) == len(records) + sum(1 for _, raw in records if orjson.loads(raw)["open_time"] % (5 * 3_600_000) == 4 * 3_600_000)
@@ -88,3 +88,70 @@ def test_kline_fast_path_coerces_ints_and_refuses_non_finite_dict_values():
     obj["high"] = math.inf                      # only a dict can carry inf (JSON cannot)
     with pytest.raises(SchemaError, match="Kline.high=inf"):
         decode_kline(obj)
+
+
+# -- the M5 window table (the HTF bar under construction, per symbol and bucket)
+
+def _records(klines) -> list[tuple[bytes, bytes]]:
+    return [(k.symbol.encode(), encode_kline(k)) for k in klines]
+
+
+def _run(proc: KlineProcessor, tables: MemoryTables, records, size: int, history: list | None = None) -> list[bytes]:
+    out = []
+    for i in range(0, len(records), size):
+        res = proc.process(records[i:i + size], tables)
+        assert not res.rejects
+        tables.apply(res)
+        out += [raw for _, raw in res.signals]
+        if history is not None:
+            history.append((dict(tables.states), dict(tables.windows)))
+    return out
+
+
+def test_window_table_holds_the_htf_bars_of_the_grid():
+    """Every stored window equals an independent polars aggregation of the base bars in its bucket."""
+    import polars as pl
+    ks = _real_klines(6, 300)
+    tables = MemoryTables()
+    _run(KlineProcessor(HeuristicScorer(), "s1", "1h", 5), tables, _records(ks), 37)
+    period = 5 * 3_600_000
+    want = (pl.DataFrame([(k.symbol, k.open_time, k.open, k.high, k.low, k.close, k.volume) for k in ks],
+                         schema=["symbol", "t", "o", "h", "l", "c", "v"], orient="row")
+            .sort("symbol", "t").with_columns(bucket=pl.col("t") - pl.col("t") % period)
+            .group_by("symbol", "bucket", maintain_order=True)
+            .agg(pl.col("o").first(), pl.col("h").max(), pl.col("l").min(), pl.col("c").last(), pl.col("v").sum(),
+                 last=pl.col("t").max(), bars=pl.len()))
+    assert len(tables.windows) == want.height > 300
+    for sym, bucket, o, h, l, c, v, last, bars in want.iter_rows():
+        got = orjson.loads(tables.windows[(sym, bucket)])
+        assert (got["open_time"], got["open"], got["high"], got["low"], got["close"], got["last_open_time"],
+                got["bars"]) == (bucket, o, h, l, c, last, bars), (sym, bucket)
+        assert math.isclose(got["volume"], v, rel_tol=1e-12)
+
+
+@pytest.mark.parametrize("ahead", [0, 1, 3, 7])
+def test_replay_from_windows_stored_ahead_of_the_state_changes_nothing(ahead):
+    """The agent stores windows before states, so after a crash between the two the window table may be
+    ahead of the state by up to a group. Re-processing from the state's batch gives the same signals
+    and the same final tables as the uninterrupted run: no bar is folded into a window twice."""
+    ks = _real_klines(5, 260)
+    records = _records(ks)
+    size = 23
+    ref_tables, history = MemoryTables(), []
+    ref = _run(KlineProcessor(HeuristicScorer(), "s1", "1h", 5), ref_tables, records, size, history)
+    for cut in (3, 17, 28, 41):     # batches done when the worker died
+        states, _ = history[cut - 1]
+        _, windows = history[min(cut - 1 + ahead, len(history) - 1)]
+        tables = MemoryTables()
+        tables.states, tables.windows = dict(states), dict(windows)
+        replay = _run(KlineProcessor(HeuristicScorer(), "s1", "1h", 5), tables, records[cut * size:], size)
+        assert replay == ref[len(ref) - len(replay):] and len(replay) > 100
+        assert tables.states == ref_tables.states and tables.windows == ref_tables.windows
+
+
+def test_expired_windows_keep_a_horizon_per_symbol_and_never_the_open_one():
+    w = lambda sym, start: (sym, (float(start), start + 299.9))                        # noqa: E731
+    keys = [w("A", s) for s in range(0, 3600 + 1, 300)] + [w("B", 0), w("B", 300)] + [w("C", 0)]
+    # A's newest starts at 3600: with a 1800 s horizon, windows starting before 1800 go; B and C keep all
+    assert expired_windows(keys, 1800) == [w("A", s) for s in range(0, 1800, 300)]
+    assert expired_windows([w("Z", 0)], 0) == [] and expired_windows([], 60) == []

@@ -4,11 +4,13 @@ from __future__ import annotations
 import collections
 import math
 
+import orjson
 import polars as pl
 import pytest
 
-from harness import RECORDED, Worker, produce, wait_signals
+from harness import RECORDED, Worker, compacted_changelog, produce, wait_signals
 from infra import kafka_io
+from processors.app import HTF_KEEP
 from processors.batch_signals import batch_signals
 from processors.scoring import HeuristicScorer
 from processors.smc import SmcConfig
@@ -67,4 +69,36 @@ def test_faust_signals_equal_batch_engine(settings, file, interval):
     assert not bad, f"{len(bad)} signals differ from the batch engine, e.g. {bad[:3]}"
     assert order_ok
     assert len(expected) > (370_000 if interval == "1h" else 50_000)
+    check_htf_windows(s, df)
     kafka_io.delete_namespace(s)
+
+
+def check_htf_windows(s, df: pl.DataFrame) -> None:
+    """The windowed table's changelog, as Faust would recover it: every window holds the HTF bar an
+    independent polars aggregation gives; each symbol keeps its newest HTF_KEEP + 1 windows; older ones
+    were deleted by tombstones, so the table stays bounded (here ~75k windows were written for 1h)."""
+    period = interval_ms(s.interval) * s.htf_factor
+    want = (df.sort("symbol", "open_time").with_columns(bucket=pl.col("open_time") - pl.col("open_time") % period)
+            .group_by("symbol", "bucket", maintain_order=True)
+            .agg(pl.col("open").first(), pl.col("high").max(), pl.col("low").min(), pl.col("close").last(),
+                 pl.col("volume").sum(), last=pl.col("open_time").max(), bars=pl.len()))
+    want = {(r[0], r[1]): r[2:] for r in want.iter_rows()}
+    got = {}
+    for key, blob in compacted_changelog(s, "htf-bars", timeout=300).items():
+        symbol, (start, _) = orjson.loads(key)
+        got[(symbol, round(start * 1000))] = orjson.loads(blob)
+    assert set(got) <= set(want)
+    for k, w in got.items():
+        o, h, l, c, v, last, bars = want[k]
+        assert (w["open_time"], w["open"], w["high"], w["low"], w["close"], w["last_open_time"], w["bars"]) == \
+               (k[1], o, h, l, c, last, bars), k
+        assert math.isclose(w["volume"], v, rel_tol=1e-9), k
+    newest = {}
+    for sym, bucket in want:
+        newest.setdefault(sym, []).append(bucket)
+    kept = {(sym, b) for sym, buckets in newest.items() for b in sorted(buckets)[-(HTF_KEEP + 1):]}
+    assert kept <= set(got)
+    print(f"\n[htf-bars] {len(got)} windows kept of {len(want)} built")
+    n_sym = len(newest)
+    if len(want) > 4 * n_sym * (HTF_KEEP + 1) + 1024:      # enough windows for the expiry sweep to run
+        assert len(got) < 2 * n_sym * (HTF_KEEP + 1) + 1024 + 10_000, (len(got), len(want))

@@ -7,28 +7,46 @@ import time
 import orjson
 import pytest
 
-from harness import Worker, load_klines, produce, wait_signals, wait_until
+from harness import Worker, compacted_changelog, load_klines, produce, wait_signals, wait_until
 from infra import kafka_io
-from processors.core import KlineProcessor
+from processors.core import KlineProcessor, MemoryTables
 from processors.scoring import HeuristicScorer
-from schemas import decode_signal, encode_kline
+from schemas import decode_signal, encode_kline, interval_ms
 
 pytestmark = pytest.mark.kafka
 
 SYMBOLS = ["BTCUSDT", "ETHUSDT", "SOLUSDT", "XRPUSDT", "DOGEUSDT", "1000PEPEUSDT", "ADAUSDT", "LINKUSDT"]
 
 
-def expected_signals(klines, settings) -> dict[str, bytes]:
-    """The uninterrupted, in-process run of the same core: signal_id -> bytes."""
+def expected_run(klines, settings) -> tuple[dict[str, bytes], MemoryTables]:
+    """The uninterrupted, in-process run of the same core: signal_id -> bytes, and the final tables."""
     proc = KlineProcessor(HeuristicScorer(), settings.strategy_version, settings.interval, settings.htf_factor)
-    states: dict[str, bytes] = {}
+    tables = MemoryTables()
     out = {}
     for k in klines:
-        r = proc.process([(k.symbol.encode(), encode_kline(k))], states.get)
-        states.update(r.states)
+        r = proc.process([(k.symbol.encode(), encode_kline(k))], tables)
+        tables.apply(r)
         for _, raw in r.signals:
             out[decode_signal(raw).signal_id] = raw
-    return out
+    return out, tables
+
+
+def expected_signals(klines, settings) -> dict[str, bytes]:
+    return expected_run(klines, settings)[0]
+
+
+def assert_changelogs_equal(settings, tables: MemoryTables) -> None:
+    """Both tables' changelogs hold exactly the in-process run's final tables: the engines' state per
+    symbol, and per (symbol, window on the UTC grid) the HTF bar (M5 in production) built from its bars."""
+    states = compacted_changelog(settings, "symbol-state")
+    assert states == {sym.encode(): blob for sym, blob in tables.states.items()}
+    period_s = interval_ms(settings.interval) * settings.htf_factor / 1000
+    windows = {}
+    for key, blob in compacted_changelog(settings, "htf-bars").items():
+        symbol, (start, end) = orjson.loads(key)           # Faust's windowed key: [key, [start, end]]
+        assert end == start + period_s - 0.1 and start % period_s == 0, key
+        windows[(symbol, int(start * 1000))] = blob
+    assert windows == tables.windows
 
 
 def signals_by_id(settings) -> dict[str, list[bytes]]:
@@ -113,7 +131,7 @@ def test_two_runs_are_byte_identical(s1h, kafka_bootstrap, tmp_path):
 
 def test_recovers_after_sigkill(s1h):
     klines = load_klines("klines_1h.parquet", SYMBOLS, limit_per_symbol=400)
-    expected = expected_signals(klines, s1h)
+    expected, tables = expected_run(klines, s1h)
     half = len(klines) // 2
     produce(s1h, klines[:half])
     w = Worker(s1h, "w1")
@@ -132,6 +150,7 @@ def test_recovers_after_sigkill(s1h):
     assert set(got) == set(expected), f"missing {len(set(expected) - set(got))}, extra {len(set(got) - set(expected))}"
     # re-delivery after the kill may repeat a record, but never with different content
     assert all(raw == expected[sid] for sid, raws in got.items() for raw in raws)
+    assert_changelogs_equal(s1h, tables)
 
 
 def test_two_workers_split_partitions_and_take_over(s1h):
@@ -141,7 +160,7 @@ def test_two_workers_split_partitions_and_take_over(s1h):
     test_take_over_in_the_middle_of_rebalances below.
     """
     klines = load_klines("klines_1h.parquet", SYMBOLS, limit_per_symbol=400)
-    expected = expected_signals(klines, s1h)
+    expected, tables = expected_run(klines, s1h)
     third = len(klines) // 3
     produce(s1h, klines[:third])
     a = Worker(s1h, "a")
@@ -175,6 +194,7 @@ def test_two_workers_split_partitions_and_take_over(s1h):
     assert not doubled, f"{len(doubled)} signals emitted more than once"
     assert all(raws[0] == expected[sid] for sid, raws in got.items())
     assert per_symbol_order_ok(s1h)
+    assert_changelogs_equal(s1h, tables)
 
 
 @pytest.mark.xfail(strict=False, reason="faust-streaming 0.15.3 can still lose a few in-flight bars when three "

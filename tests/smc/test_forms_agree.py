@@ -7,6 +7,7 @@ import pytest
 
 import smc_testutil as U
 from processors.smc import FEATURE_NAMES, SmcConfig, SmcEngine, SymbolState, compute_batch, compute_batch_all
+from processors.smc.htf import window_from_bytes, window_to_bytes
 
 H1 = SmcConfig(interval_ms=3_600_000)
 
@@ -45,9 +46,9 @@ def test_serialisation_round_trip_mid_stream(btc_1m, cut):
     s = SymbolState()
     for r in rows[:cut]:
         s.update(r)
-    blob = s.to_bytes()
-    assert isinstance(blob, bytes) and blob == SymbolState.from_bytes(blob).to_bytes()   # deterministic
-    s2 = SymbolState.from_bytes(blob)
+    blob, window = s.to_bytes(), s.open_window    # the engines' bytes; the open M5 window goes to its table
+    assert isinstance(blob, bytes) and blob == SymbolState.from_bytes(blob, window).to_bytes()   # deterministic
+    s2 = SymbolState.from_bytes(blob, window_from_bytes(window_to_bytes(window)) if window else None)
     cont = [s2.update(r) for r in rows[cut:]]
     for a, b in zip(ref[cut:], cont):
         assert len(a) == len(b)
@@ -105,11 +106,11 @@ def test_no_lookahead_incremental_prefix_1h(klines_1h):
         for i, r in enumerate(rows):
             full.append(s.update(r))
             if i + 1 in cuts:
-                snap[i + 1] = s.to_bytes()
+                snap[i + 1] = (s.to_bytes(), list(s.open_window or []))
         for cut in cuts:
             p = SymbolState(H1)
             part = [p.update(r) for r in rows[:cut]]
-            assert p.to_bytes() == snap[cut]
+            assert (p.to_bytes(), list(p.open_window or [])) == snap[cut]
             for a, b in zip(full, part):
                 assert [x.events_json() for x in a] == [x.events_json() for x in b]
                 assert [x.features for x in a] == [x.features for x in b]
