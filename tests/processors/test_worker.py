@@ -82,14 +82,15 @@ def test_worker_equals_core_and_rejects_bad_records(s1h):
            (b"ETHUSDT", encode_kline([k for k in klines if k.symbol == "ETHUSDT"][-1]).replace(b'"high":', b'"high":-1,"x":')),  # duplicate key: high=-1
            (b"SOLUSDT", encode_kline(next(k for k in klines if k.symbol == "SOLUSDT"))),   # stale bar
            (b"SOLUSDT", encode_kline([k for k in klines if k.symbol == "SOLUSDT"][-1])),  # re-delivered bar
-           (b"XRPUSDT", encode_kline(next(k for k in klines if k.symbol == "ADAUSDT")))]   # key is not the symbol
+           (b"XRPUSDT", encode_kline(next(k for k in klines if k.symbol == "ADAUSDT"))),   # key is not the symbol
+           (None, encode_kline(klines[-1]))]                                                  # no key at all
     produce(s1h, klines, raw_extra=bad)
     w = Worker(s1h)
     try:
         wait_signals(s1h, len(expected), workers=(w,))
         rejects = []
         deadline = time.monotonic() + 30
-        while len(rejects) < 5 and time.monotonic() < deadline:
+        while len(rejects) < 6 and time.monotonic() < deadline:
             rejects = [orjson.loads(m.value()) for m in kafka_io.read_topic(s1h, "dlq")]
             time.sleep(0.2)
     finally:
@@ -99,12 +100,12 @@ def test_worker_equals_core_and_rejects_bad_records(s1h):
     assert all(len(v) == 1 and v[0] == expected[k] for k, v in got.items())
     assert per_symbol_order_ok(s1h)
     reasons = sorted(r["reason"] for r in rejects)
-    assert len(reasons) == 5, reasons
+    assert len(reasons) == 6, reasons
     assert any("malformed JSON" in r for r in reasons)
     assert any("Kline.high" in r for r in reasons)
     assert any("duplicate" in r for r in reasons)
     assert any("out-of-order" in r for r in reasons)
-    assert any("is not the symbol" in r for r in reasons)
+    assert sum("is not the symbol" in r for r in reasons) == 2
 
 
 def test_two_runs_are_byte_identical(s1h, kafka_bootstrap, tmp_path):
