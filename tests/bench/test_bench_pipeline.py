@@ -50,6 +50,7 @@ LIVE_WARMUP_BARS = 100       # per symbol, pre-filled before the worker starts
 LIVE_MINUTES = 20            # bursts of 300 klines, one per BURST_EVERY seconds
 PACED_MINUTES = 10           # 300 klines spread evenly over each BURST_EVERY seconds
 NOOP_MINUTES = 10            # bursts handed to the no-op Faust agent (the latency floor)
+SCALED_MINUTES = 10          # bursts after a second worker joined (the group splits the partitions)
 BURST_EVERY = 1.0
 P99_TARGET_MS = 20.0
 RATIO_TARGET = 0.5
@@ -402,11 +403,11 @@ def _stats_row(tab: Table, label: str, xs: list[float], target: str = "") -> Non
 def test_bench_live_latency(settings):
     s = settings.with_(interval="1m")
     step = interval_ms("1m")
-    bars = LIVE_WARMUP_BARS + NOOP_MINUTES + PACED_MINUTES + LIVE_MINUTES
+    bars = LIVE_WARMUP_BARS + NOOP_MINUTES + PACED_MINUTES + LIVE_MINUTES + SCALED_MINUTES
     series = _live_series(LIVE_SYMBOLS, bars)
     symbols = sorted(series)
     t0 = 1_780_000_000_000 // (5 * step) * (5 * step)          # on the 5m grid: HTF bars close inside the run
-    worker = tap = noop = None
+    worker = worker_b = tap = noop = None
     try:
         kafka_io.ensure_topics(s, ["klines", "signals", "dlq"])
         warm = [_kline(sym, t0 + i * step, series[sym][i], step) for i in range(LIVE_WARMUP_BARS) for sym in symbols]
@@ -447,15 +448,27 @@ def test_bench_live_latency(settings):
         time.sleep(1.0)
         burst_prod, burst_starts = _send_minutes(prod, name, series, symbols, t0, first + PACED_MINUTES,
                                                  LIVE_MINUTES, paced=False)
-        starts = {**paced_starts, **burst_starts}
-        expected = (len(paced_prod) + len(burst_prod)
+        cpu = (cpu_seconds(worker.proc.pid) - cpu0) / (time.monotonic() - wall0)
+        rss_live = rss_kb(worker.proc.pid)
+        # scale-out: a second worker on the other core takes half of the partitions (tables recovered
+        # from their changelogs), then the same kind of bursts again
+        worker_b = ProcessorWorker(s, "b")
+        deadline = time.monotonic() + 120
+        while not (worker.stats().get("partitions", 0) and worker_b.stats().get("partitions", 0)
+                   and worker.stats()["partitions"] + worker_b.stats()["partitions"] == s.partitions):
+            (worker.alive() and worker_b.alive()) or pytest.fail(f"a worker exited:\n{worker.tail()}\n{worker_b.tail()}")
+            time.monotonic() < deadline or pytest.fail("the two workers did not split the partitions")
+            time.sleep(0.2)
+        time.sleep(3.0)
+        scaled_prod, scaled_starts = _send_minutes(prod, name, series, symbols, t0, first + PACED_MINUTES + LIVE_MINUTES,
+                                                   SCALED_MINUTES, paced=False)
+        starts = {**paced_starts, **burst_starts, **scaled_starts}
+        expected = (len(paced_prod) + len(burst_prod) + len(scaled_prod)
                     + sum(len(symbols) for ot in starts if (ot + step) % (5 * step) == 0))
         deadline = time.monotonic() + 60
         while len(tap.got) < expected and time.monotonic() < deadline:
             worker.alive() or pytest.fail(f"worker exited:\n{worker.tail()}")
             time.sleep(0.1)
-        cpu = (cpu_seconds(worker.proc.pid) - cpu0) / (time.monotonic() - wall0)
-        rss_live = rss_kb(worker.proc.pid)
         tap.stop_flag.set()
         tap.join(10)
         st = worker.stats()
@@ -466,9 +479,11 @@ def test_bench_live_latency(settings):
             noop.stop()
         if worker is not None:
             worker.stop()
+        if worker_b is not None:
+            worker_b.stop()
         kafka_io.delete_namespace(s)
 
-    phases = {"paced": (paced_prod, {}), "burst": (burst_prod, {})}
+    phases = {"paced": (paced_prod, {}), "burst": (burst_prod, {}), "scaled": (scaled_prod, {})}
     lat = {ph: {"e2e": [], "worker": [], "delivery": []} for ph in phases}
     minute_done: dict[int, float] = {}
     counts = {"1m": 0, "5m": 0}
@@ -487,6 +502,7 @@ def test_bench_live_latency(settings):
         lat[ph]["delivery"].append(recv * 1000 - created_ms)
         minute_done[trigger] = max(minute_done.get(trigger, 0.0), recv)
     burst_lat = [(minute_done[ot] - burst_starts[ot]) * 1000 for ot in burst_starts if ot in minute_done]
+    scaled_lat = [(minute_done[ot] - scaled_starts[ot]) * 1000 for ot in scaled_starts if ot in minute_done]
     assert sum(len(v["e2e"]) for v in lat.values()) == expected, f"{counts} live signals matched of {expected}"
     assert len(noop_lat) == NOOP_MINUTES * len(symbols)
     assert st["rejects"] == 0
@@ -506,6 +522,9 @@ def test_bench_live_latency(settings):
     _stats_row(tab, "  burst: kline produced -> signal CreateTime (worker)", lat["burst"]["worker"])
     _stats_row(tab, "  burst: signal CreateTime -> consumed", lat["burst"]["delivery"])
     _stats_row(tab, "  burst: minute start -> its last signal consumed", burst_lat)
+    _stats_row(tab, f"burst, two workers ({SCALED_MINUTES} min): kline produced -> signal consumed", lat["scaled"]["e2e"],
+               f"p99 <= {P99_TARGET_MS:.0f} ({'met' if pct(lat['scaled']['e2e'], .99) <= P99_TARGET_MS else 'MISSED'})")
+    _stats_row(tab, "  two workers: minute start -> its last signal consumed", scaled_lat)
     _stats_row(tab, f"floor: no-op Faust agent, {NOOP_MINUTES} bursts: kline CreateTime -> in the agent", noop_lat)
     console.print()
     console.print(tab)
