@@ -102,7 +102,8 @@ def create_app(settings: Settings) -> faust.App:
     htf_table = htf_bars.table
     processor = KlineProcessor(load_scorer(settings.model_path), settings.strategy_version,
                                settings.interval, settings.htf_factor)
-    # process_s: time in the pure core; deliver_s: producing and awaiting acks (Faust consumes meanwhile)
+    # process_s: time in the pure core and producing the signals; deliver_s: the rest of the group commit
+    # (Faust consumes meanwhile)
     stats = {"klines": 0, "signals": 0, "rejects": 0, "batches": 0, "partitions": 0, "process_s": 0.0, "deliver_s": 0.0}
     app.smc_stats = stats  # type: ignore[attr-defined]
 
@@ -161,10 +162,11 @@ def create_app(settings: Settings) -> faust.App:
         async for batch in batches:
             t0 = time.perf_counter()
             records = [(e.message.key, e.message.value) for e in batch]
-            result = processor.process(records, tables)
-            t1 = time.perf_counter()
-            for sym, raw in result.signals:
+            result = processor.step(records, tables)
+            for sym, raw in result.signals:    # out first: encoding the states can wait for them
                 delivery.produce(signals_topic, sym.encode(), raw)
+            processor.encode(result)
+            t1 = time.perf_counter()
             now = int(time.time() * 1000)
             for reason, key, raw in result.rejects:
                 rej = make_reject("processors", reason, raw, key, now, klines_topic)

@@ -29,6 +29,9 @@ class BatchResult:
     states: dict[str, bytes] = field(default_factory=dict)              # symbol -> new state bytes
     windows: dict[tuple[str, int], bytes] = field(default_factory=dict)  # (symbol, M5 bucket ms) -> new window bytes
     klines: int = 0
+    # what KlineProcessor.encode() turns into `states` and `windows`
+    touched: dict[str, SymbolState] = field(default_factory=dict, repr=False)
+    touched_windows: dict[tuple[str, int], list] = field(default_factory=dict, repr=False)
 
 
 class Tables(Protocol):
@@ -129,10 +132,16 @@ class KlineProcessor:
                 self._cache.pop(s, None)
 
     def process(self, records: Iterable[tuple[bytes | None, bytes]], tables: Tables) -> BatchResult:
+        """A batch in, its signals, rejects and new table bytes out."""
+        return self.encode(self.step(records, tables))
+
+    def step(self, records: Iterable[tuple[bytes | None, bytes]], tables: Tables) -> BatchResult:
+        """process() without encoding the new table bytes: a caller may send the signals first (state
+        bytes cost about as much as the update itself) and must call encode() before the next step()."""
         result = BatchResult()
         outputs: list[tuple[str, object]] = []
-        touched: dict[str, SymbolState] = {}
-        windows: dict[tuple[str, int], list] = {}
+        touched = result.touched
+        windows = result.touched_windows
         for key, raw in records:
             result.klines += 1
             try:
@@ -168,10 +177,16 @@ class KlineProcessor:
             conf = self.scorer.score(feats)
             for (symbol, out), c in zip(outputs, conf):
                 result.signals.append((symbol, signal_bytes(symbol, out, c, self.scorer.version, self.strategy_version)))
-        for symbol, state in touched.items():
+        return result
+
+    def encode(self, result: BatchResult) -> BatchResult:
+        """Fill result.states and result.windows from the states a step() touched."""
+        for symbol, state in result.touched.items():
             blob = state.to_bytes()
             result.states[symbol] = blob
             self._cache[symbol] = (blob, state)
-        for key, window in windows.items():
+        for key, window in result.touched_windows.items():
             result.windows[key] = window_to_bytes(window)
+        result.touched.clear()
+        result.touched_windows.clear()
         return result
