@@ -90,6 +90,26 @@ def cmd_replay_topic(args) -> int:
     return 0 if report.identical else 1
 
 
+def cmd_htf_bars(args) -> int:
+    from datetime import datetime, timezone
+    from rich.table import Table
+    from infra.table_view import htf_bars
+    settings = load_settings(args.config).with_(namespace=args.source)
+    bars = htf_bars(settings, set(args.symbols.split(",")) if args.symbols else None)
+    if not bars:
+        Console(stderr=True).print(f"no HTF bars in namespace {args.source!r} (is it a run's namespace?)")
+        return 1
+    t = Table("symbol", "open (UTC)", "open", "high", "low", "close", "volume", "bars",
+              title=f"HTF bars of the processors' windowed table, namespace {args.source!r}")
+    for symbol in sorted(bars):
+        for b in bars[symbol][-args.last:]:
+            t.add_row(symbol, datetime.fromtimestamp(b["open_time"] / 1000, timezone.utc).strftime("%Y-%m-%d %H:%M"),
+                      *(f"{b[k]:.6g}" for k in ("open", "high", "low", "close", "volume")),
+                      f"{b['bars']}/{settings.htf_factor}")
+    Console().print(t)
+    return 0
+
+
 def _delegate(module: str):
     def run(args) -> int:
         import runpy
@@ -141,6 +161,12 @@ def main(argv: list[str] | None = None) -> int:
     t.add_argument("--into", help="namespace of the replay (default <source>.replay-<n>)")
     t.add_argument("--interval", default="1h")
     t.set_defaults(fn=cmd_replay_topic)
+
+    h = sub.add_parser("htf-bars", help="the M5 (HTF) bars a run's processors keep in their windowed table")
+    h.add_argument("--source", required=True, help="namespace of the run (e.g. bt-20261125-093000)")
+    h.add_argument("--symbols", help="comma-separated symbols (default: all)")
+    h.add_argument("--last", type=int, default=3, help="windows per symbol, newest last (default 3)")
+    h.set_defaults(fn=cmd_htf_bars)
 
     for name, module, helptext in [("ingest", "ingest", "live ingest / file replay / audit sink (python -m ingest)"),
                                    ("worker", "processors", "the Faust stream processors (python -m processors worker)"),

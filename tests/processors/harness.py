@@ -10,7 +10,6 @@ import polars as pl
 from infra import kafka_io
 from infra.services import ProcessorWorker
 from infra.settings import REPO_ROOT, Settings
-from processors.app import app_id
 from schemas import Kline, encode_kline, interval_ms
 
 RECORDED = REPO_ROOT / "ingest" / "recorded"
@@ -48,18 +47,6 @@ def produce(settings: Settings, klines: list, raw_extra: list[tuple[bytes, bytes
     for key, raw in raw_extra:
         prod.produce(name, key=key, value=raw)
     assert prod.flush(60) == 0
-
-
-def compacted_changelog(settings: Settings, table: str, timeout: float = 60.0) -> dict:
-    """A processors table's changelog as Faust recovers it: the newest value per key, tombstones deleting."""
-    out = {}
-    base = f"{app_id(settings.with_(namespace=''))}-{table}-changelog"
-    for m in kafka_io.read_topic(settings, base, timeout=timeout):
-        if m.value() is None:
-            out.pop(m.key(), None)
-        else:
-            out[m.key()] = m.value()
-    return out
 
 
 class Worker(ProcessorWorker):

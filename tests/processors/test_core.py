@@ -155,3 +155,9 @@ def test_expired_windows_keep_a_horizon_per_symbol_and_never_the_open_one():
     # A's newest starts at 3600: with a 1800 s horizon, windows starting before 1800 go; B and C keep all
     assert expired_windows(keys, 1800) == [w("A", s) for s in range(0, 1800, 300)]
     assert expired_windows([w("Z", 0)], 0) == [] and expired_windows([], 60) == []
+
+
+def test_compact_keeps_the_newest_value_and_applies_tombstones():
+    from infra.table_view import compact
+    log = [(b"a", b"1"), (b"b", b"1"), (b"a", b"2"), (b"b", None), (b"c", b"1"), (b"c", None), (b"c", b"3")]
+    assert compact(log) == {b"a": b"2", b"c": b"3"}

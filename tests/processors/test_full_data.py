@@ -8,8 +8,9 @@ import orjson
 import polars as pl
 import pytest
 
-from harness import RECORDED, Worker, compacted_changelog, produce, wait_signals
+from harness import RECORDED, Worker, produce, wait_signals
 from infra import kafka_io
+from infra.table_view import changelog
 from processors.app import HTF_KEEP
 from processors.batch_signals import batch_signals
 from processors.scoring import HeuristicScorer
@@ -84,7 +85,7 @@ def check_htf_windows(s, df: pl.DataFrame) -> None:
                  pl.col("volume").sum(), last=pl.col("open_time").max(), bars=pl.len()))
     want = {(r[0], r[1]): r[2:] for r in want.iter_rows()}
     got = {}
-    for key, blob in compacted_changelog(s, "htf-bars", timeout=300).items():
+    for key, blob in changelog(s, "htf-bars", timeout=300).items():
         symbol, (start, _) = orjson.loads(key)
         got[(symbol, round(start * 1000))] = orjson.loads(blob)
     assert set(got) <= set(want)

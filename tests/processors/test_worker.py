@@ -2,13 +2,18 @@
 from __future__ import annotations
 
 import collections
+import os
+import subprocess
+import sys
 import time
 
 import orjson
 import pytest
 
-from harness import Worker, compacted_changelog, load_klines, produce, wait_signals, wait_until
+from harness import Worker, load_klines, produce, wait_signals, wait_until
 from infra import kafka_io
+from infra.settings import to_env
+from infra.table_view import changelog, htf_bars
 from processors.core import KlineProcessor, MemoryTables
 from processors.scoring import HeuristicScorer
 from schemas import decode_signal, encode_kline, interval_ms
@@ -38,11 +43,11 @@ def expected_signals(klines, settings) -> dict[str, bytes]:
 def assert_changelogs_equal(settings, tables: MemoryTables) -> None:
     """Both tables' changelogs hold exactly the in-process run's final tables: the engines' state per
     symbol, and per (symbol, window on the UTC grid) the HTF bar (M5 in production) built from its bars."""
-    states = compacted_changelog(settings, "symbol-state")
+    states = changelog(settings, "symbol-state")
     assert states == {sym.encode(): blob for sym, blob in tables.states.items()}
     period_s = interval_ms(settings.interval) * settings.htf_factor / 1000
     windows = {}
-    for key, blob in compacted_changelog(settings, "htf-bars").items():
+    for key, blob in changelog(settings, "htf-bars").items():
         symbol, (start, end) = orjson.loads(key)           # Faust's windowed key: [key, [start, end]]
         assert end == start + period_s - 0.1 and start % period_s == 0, key
         windows[(symbol, int(start * 1000))] = blob
@@ -152,6 +157,16 @@ def test_recovers_after_sigkill(s1h):
     # re-delivery after the kill may repeat a record, but never with different content
     assert all(raw == expected[sid] for sid, raws in got.items() for raw in raws)
     assert_changelogs_equal(s1h, tables)
+    # what a user sees of the windowed table: `smc htf-bars` reads it back from the changelog
+    newest = {sym: orjson.loads(tables.windows[max(k for k in tables.windows if k[0] == sym)]) for sym in ("BTCUSDT", "ETHUSDT")}
+    assert {sym: bars[-1] for sym, bars in htf_bars(s1h, {"BTCUSDT", "ETHUSDT"}).items()} == newest
+    out = subprocess.run([sys.executable, "-m", "infra.cli", "htf-bars", "--source", s1h.namespace, "--symbols",
+                          "BTCUSDT,ETHUSDT", "--last", "2"], env={**os.environ, **to_env(s1h), "COLUMNS": "200"},
+                         capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr
+    for sym, bar in newest.items():
+        assert any(sym in line and f"{bar['close']:.6g}" in line and f"{bar['bars']}/5" in line
+                   for line in out.stdout.splitlines()), out.stdout
 
 
 def test_two_workers_split_partitions_and_take_over(s1h):
