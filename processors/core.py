@@ -116,10 +116,11 @@ class KlineProcessor:
         else:
             state = SymbolState.from_bytes(stored)
             bucket = state.open_bucket
-            if bucket is not None:
-                # written before the state (processors/app.py), so present, and possibly ahead of it
-                window = tables.window(symbol, bucket)
-                state.agg.cur = window_from_bytes(window) if window is not None else None
+            window = tables.window(symbol, bucket) if bucket is not None else None
+            if window is not None:
+                # written before the state (processors/app.py), so present, and possibly ahead of it;
+                # absent only for a state of version 1, which carried its open window itself
+                state.agg.cur = window_from_bytes(window)
         self._cache[symbol] = (stored, state)
         return state
 

@@ -10,6 +10,7 @@ from harness import load_klines
 from processors.core import KlineProcessor, MemoryTables, expired_windows, signal_bytes, signal_from_output
 from processors.scoring import HeuristicScorer
 from processors.smc import SmcConfig, SymbolState
+from processors.smc.htf import window_from_bytes
 from schemas import SchemaError, decode_kline, decode_signal, encode_kline, encode_signal, interval_ms
 from schemas.codec import decode_as
 from schemas.kline import Kline, validate_kline
@@ -161,3 +162,25 @@ def test_compact_keeps_the_newest_value_and_applies_tombstones():
     from infra.table_view import compact
     log = [(b"a", b"1"), (b"b", b"1"), (b"a", b"2"), (b"b", None), (b"c", b"1"), (b"c", None), (b"c", b"3")]
     assert compact(log) == {b"a": b"2", b"c": b"3"}
+
+
+def test_a_version_1_state_keeps_its_open_window():
+    """States written before the window table (version 1) carried the open HTF bar; they still load,
+    and the stream goes on as if nothing had been stored."""
+    ks = [k for k in _real_klines(1, 240)]
+    records = _records(ks)
+    cut = 203                                       # inside an HTF window (5 x 1h)
+    ref_tables = MemoryTables()
+    ref = _run(KlineProcessor(HeuristicScorer(), "s1", "1h", 5), ref_tables, records, 1000)
+    tables = MemoryTables()
+    proc = KlineProcessor(HeuristicScorer(), "s1", "1h", 5)
+    _run(proc, tables, records[:cut], 1000)
+    (symbol, blob), = tables.states.items()
+    state = SymbolState.from_bytes(blob, window_from_bytes(tables.windows[max(tables.windows)]))
+    assert state.open_window is not None
+    v2 = orjson.loads(blob)
+    v1 = orjson.dumps([1, v2[1], state.open_window[:6], v2[2]])
+    old = MemoryTables()
+    old.states = {symbol: v1}                       # no window table yet
+    rest = _run(KlineProcessor(HeuristicScorer(), "s1", "1h", 5), old, records[cut:], 1000)
+    assert rest == ref[len(ref) - len(rest):] and old.states == ref_tables.states
