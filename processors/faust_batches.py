@@ -12,7 +12,7 @@ is already queued into the batch (natural batching: a burst becomes one batch, a
 alone, a backlog comes in batches of `max_`). Nothing is acked until the caller calls `ack(batch)`:
 events of a batch that failed or was cancelled stay unacked, the consumer does not commit them, and
 they are delivered again after the restart (the processors dedupe re-delivered bars). `waiting` says
-how many events are ready for the next batch, so a caller can decide whether to finish the current
+how many events are buffered for the next batch, so a caller can decide whether to finish the current
 one now or overlap it with the next.
 Structure follows faust 0.15's take_events (a buffering processor on a passively drained stream);
 processors/faust_guards.check_compatible() checks the internals used here.
@@ -36,9 +36,10 @@ class ReadyBatches:
 
     @property
     def waiting(self) -> int:
-        """Events ready for the next batch: buffered, or queued in the stream's channel (the buffer fills
-        only while the event loop is free, so right after a batch's processing it is mostly empty)."""
-        return len(self._events) + self.stream.channel.queue.qsize()
+        """Events buffered for the next batch. Not the channel's queue: during a rebalance Faust's flow
+        control stops the drainer, and a caller that kept its batches unacked until queued events
+        arrive would hold back the acks the rebalance waits for."""
+        return len(self._events)
 
     async def ack(self, batch: Sequence[EventT]) -> None:
         """The batch is fully processed: its offsets may be committed."""

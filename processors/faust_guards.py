@@ -10,12 +10,25 @@ never acked. Two things followed, both seen here in the rebalance-churn test:
   * a silent loss: later records were acked, and `_new_offset` committed past the dropped ones
     (it only refuses when the first acked offset is more than one past the committed one, and not at
     all when nothing was committed yet; faust-streaming #606/#707 are the same family).
+A stream that takes a record fetched in an older consumer generation, or while a rebalance has
+stopped the flow, skips it and ACKS it anyway "so that lag does not grow" (faust/streams.py,
+`_py_aiter`): the record never reached a processor, yet its offset counts as done and a commit can
+move past it, so it would never be fetched again.
+Still open (README, known limits): in about 1 run of 4 of the rebalance-churn test one bar in the
+middle of a symbol's series has no signal. Traced (session 4): the drain loop abandons the delivery
+of the record X it holds when a rebalance suspends the flow (`wait_first(callback(message),
+suspend_flow.wait())`), the rest of the batch it had fetched (X+1, ...) is delivered after the flow
+resumes, and X comes again only with the seek to the committed offset, after the state has moved
+past it: the processors reject X as out-of-order. Holding back records past a gap until X returns
+stopped the loss but sometimes stalled for good (X did not always come again), so it is not merged.
 The guards, applied once per process by `install()` before the Faust app starts:
   1. every fetched record is delivered: the read-offset filter is off (re-delivery is safe here: the
      processors reject an already-processed bar as a duplicate, the state never rewinds). The filter's
      other use, bridging offset gaps of transaction markers, is not needed: `klines` is written by
      idempotent, non-transactional producers only.
   2. a commit only ever covers a contiguous run of acked offsets starting at the committed offset.
+  3. only a record a stream took in (`Message.tracked`) can be acked: a skipped one stays unacked, so
+     the commit waits at it and the seek to the committed offset after the rebalance fetches it again.
 The version range is pinned in pyproject.toml; `check_compatible()` refuses to run on a faust-streaming
 whose internals these guards do not know.
 """
@@ -27,6 +40,7 @@ import faust
 from faust.streams import Stream
 from faust.transport.consumer import Consumer
 from faust.types import TP
+from faust.types.tuples import Message
 
 KNOWN_VERSIONS = ("0.15.",)
 
@@ -50,6 +64,8 @@ def check_compatible() -> None:
     for name in ("_read_offset", "_acked", "_acked_index", "_committed_offset", "_new_offset"):
         if name not in Consumer.__annotations__ and not hasattr(Consumer, name):
             raise RuntimeError(f"faust Consumer has no {name}: the guards in processors/faust_guards.py do not apply")
+    if "tracked" not in Message.__slots__:
+        raise RuntimeError("faust Message has no `tracked`: guard 3 in processors/faust_guards.py does not apply")
     for name in ("_enable_passive", "add_processor", "wait", "ack"):   # processors/faust_batches.py
         if not hasattr(Stream, name):
             raise RuntimeError(f"faust Stream has no {name}: processors/faust_batches.ReadyBatches does not apply")
@@ -85,6 +101,15 @@ def _new_offset(self: Consumer, tp: TP) -> Optional[int]:
     return offset
 
 
+_faust_ack = Consumer.ack
+
+
+def _ack(self: Consumer, message: Message) -> bool:
+    if not message.tracked:    # no stream took it in: Faust acks what its streams skip (guard 3)
+        return False
+    return _faust_ack(self, message)
+
+
 def install() -> None:
     """Apply the guards to faust's Consumer class (idempotent)."""
     if Consumer._new_offset is _new_offset:
@@ -98,3 +123,4 @@ def install() -> None:
 
     Consumer.__init__ = __init__
     Consumer._new_offset = _new_offset
+    Consumer.ack = _ack

@@ -39,4 +39,49 @@ def test_install_patches_the_consumer_once_and_knows_the_version():
     faust_guards.install()
     faust_guards.install()
     assert Consumer._new_offset is faust_guards._new_offset
+    assert Consumer.ack is faust_guards._ack
     assert faust.__version__.startswith(faust_guards.KNOWN_VERSIONS)
+
+
+class _Topics:
+    @staticmethod
+    def acks_enabled_for(topic: str) -> bool:
+        return True
+
+
+class _App:
+    topics = _Topics()
+
+
+class _Consumer:
+    """What Consumer.ack touches, with Faust's own bookkeeping types."""
+
+    def __init__(self) -> None:
+        import collections
+        self.app = _App()
+        self._committed_offset = collections.defaultdict(lambda: None)
+        self._acked_index = collections.defaultdict(set)
+        self._acked = collections.defaultdict(list)
+        self._unacked_messages = set()
+        self._n_acked = 0
+        self._waiting_for_ack = None
+
+
+def _message(offset: int, tracked: bool):
+    from faust.types.tuples import ConsumerMessage        # what the consumer builds from a fetched record
+    m = ConsumerMessage("klines", 0, offset, 0.0, 0, None, b"k", b"v", None)
+    assert m.tracked is False                             # set by a stream when it takes the record in
+    m.tracked = tracked
+    return m
+
+
+def test_a_record_no_stream_took_in_is_never_acked():
+    """Faust's streams ack the records they skip (older generation, flow stopped by a rebalance); those
+    never reached a processor, so their offsets must not become committable (guard 3)."""
+    c = _Consumer()
+    skipped, taken = _message(41, tracked=False), _message(42, tracked=True)
+    assert faust_guards._ack(c, skipped) is False and not skipped.acked
+    assert faust_guards._ack(c, taken) is True and taken.acked
+    assert c._acked[skipped.tp] == [42]
+    # the commit then waits at 41 (committed offset) until 41 is fetched again and processed
+    assert contiguous_commit_offset(sorted(c._acked[skipped.tp]), 41) == (None, 0)
