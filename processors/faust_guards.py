@@ -14,7 +14,7 @@ A stream that takes a record fetched in an older consumer generation, or while a
 stopped the flow, skips it and ACKS it anyway "so that lag does not grow" (faust/streams.py,
 `_py_aiter`): the record never reached a processor, yet its offset counts as done and a commit can
 move past it, so it would never be fetched again.
-Still open (README, known limits): in about 1 run of 4 of the rebalance-churn test one bar in the
+Still open (README, known limits): in about 1 run of 3 of the rebalance-churn test one bar in the
 middle of a symbol's series has no signal. Traced (session 4): the drain loop abandons the delivery
 of the record X it holds when a rebalance suspends the flow (`wait_first(callback(message),
 suspend_flow.wait())`), the rest of the batch it had fetched (X+1, ...) is delivered after the flow

@@ -215,7 +215,7 @@ def test_two_workers_split_partitions_and_take_over(s1h):
 
 @pytest.mark.xfail(strict=False, reason="faust-streaming 0.15.3 can hand a record to the agent after its successors "
                    "when three generations follow each other within seconds; the bar is then rejected as out-of-order "
-                   "and has no signal (about 1 run in 4 in session 4, 2 of 10 with the session-3 code the same day); "
+                   "and has no signal (12 of 34 runs in session 4, 2 of 10 with the session-3 code the same day); "
                    "processors/faust_guards.py and README: Status and known limits")
 def test_take_over_in_the_middle_of_rebalances(s1h):
     """Both workers start at once and a stops while the group is still settling: records are in flight
