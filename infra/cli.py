@@ -94,8 +94,14 @@ def cmd_htf_bars(args) -> int:
     from datetime import datetime, timezone
     from rich.table import Table
     from infra.table_view import htf_bars
+    from confluent_kafka import KafkaException
     settings = load_settings(args.config).with_(namespace=args.source)
-    bars = htf_bars(settings, set(args.symbols.split(",")) if args.symbols else None)
+    try:
+        bars = htf_bars(settings, set(args.symbols.split(",")) if args.symbols else None)
+    except KafkaException as exc:
+        Console(stderr=True).print(f"[red]cannot read from Kafka at {settings.kafka_bootstrap}:[/] {exc.args[0].str()}; "
+                                   "a run's topics live on its broker (`smc broker start` starts the local one)")
+        return 2
     if not bars:
         Console(stderr=True).print(f"no HTF bars in namespace {args.source!r} (is it a run's namespace?)")
         return 1
