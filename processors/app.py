@@ -119,10 +119,13 @@ def create_app(settings: Settings) -> faust.App:
     unconfirmed: dict[str, bytes] = {}
     unconfirmed_windows: dict[tuple[str, int], bytes] = {}
     symbol_partition: dict[bytes, int] = {}  # fixed by the key: klines are partitioned by symbol
-    sweep = {"at": 1024}                      # store size that triggers the next expiry sweep
 
     def window_key(symbol: str, bucket: int) -> tuple:
         return symbol, htf_table.window.current(bucket / 1000)
+
+    def produce_window(key: tuple, blob: bytes | None) -> None:
+        """A window (None: a tombstone) to the windowed table's changelog, keyed as Faust keys it (JSON)."""
+        delivery.produce(htf_changelog, orjson.dumps(key), blob, partition=symbol_partition[key[0].encode()])
 
     class AgentTables:
         """processors.core.Tables over the Faust tables and what the open group wrote."""
@@ -159,6 +162,7 @@ def create_app(settings: Settings) -> faust.App:
         """
         batches = ReadyBatches(stream, BATCH_MAX)
         group: list[list] = []
+        sweep_at = 1024     # windowed-table size that triggers the next expiry sweep
         async for batch in batches:
             t0 = time.perf_counter()
             records = [(e.message.key, e.message.value) for e in batch]
@@ -186,13 +190,11 @@ def create_app(settings: Settings) -> faust.App:
             # Table.__setitem__ would pick it.
             windows = {window_key(sym, bucket): blob for (sym, bucket), blob in unconfirmed_windows.items()}
             for key, blob in windows.items():
-                delivery.produce(htf_changelog, orjson.dumps([key[0], key[1]]), blob,
-                                 partition=symbol_partition[key[0].encode()])
-            sweeping = len(htf_store) >= sweep["at"]   # amortised: the store doubles between sweeps
+                produce_window(key, blob)
+            sweeping = len(htf_store) >= sweep_at   # amortised: the store doubles between sweeps
             expired = [k for k in expired_assigned() if k not in windows] if sweeping else []
-            for key in expired:   # tombstones
-                delivery.produce(htf_changelog, orjson.dumps([key[0], key[1]]), None,
-                                 partition=symbol_partition[key[0].encode()])
+            for key in expired:
+                produce_window(key, None)
             await delivery.flush()  # the group's signals, dead letters and windows are acknowledged ...
             for symbol, blob in unconfirmed.items():
                 # ... before the state that implies the signals and reads the windows may become
@@ -206,7 +208,7 @@ def create_app(settings: Settings) -> faust.App:
             for key in expired:
                 del htf_store[key]
             if sweeping:
-                sweep["at"] = max(1024, 2 * len(htf_store))
+                sweep_at = max(1024, 2 * len(htf_store))
             for symbol, blob in unconfirmed.items():
                 store[symbol.encode()] = blob
             unconfirmed.clear()
