@@ -5,7 +5,7 @@ import logging
 import time
 from typing import Iterable
 
-from confluent_kafka import Consumer, KafkaException, Producer
+from confluent_kafka import Consumer, KafkaError, KafkaException, Producer
 from confluent_kafka.admin import AdminClient, NewTopic
 
 from infra.settings import Settings
@@ -119,15 +119,27 @@ def send_reject(prod: Producer, settings: Settings, stage: str, reason: str, raw
     prod.produce(topic(settings, "dlq"), key=stage.encode(), value=encode_reject(rej))
 
 
+_LEADER_PENDING = (KafkaError.NOT_LEADER_FOR_PARTITION, KafkaError.LEADER_NOT_AVAILABLE,
+                   KafkaError.UNKNOWN_TOPIC_OR_PART)
+
+
 def end_offsets(settings: Settings, base: str, timeout: float = 10.0) -> dict[int, tuple[int, int]]:
     """{partition: (low, high)} watermarks of a topic."""
     from confluent_kafka import TopicPartition
     name = topic(settings, base)
     c = Consumer({"bootstrap.servers": settings.kafka_bootstrap, "group.id": "smc-watermarks", "logger": _quiet()})
+    deadline = time.monotonic() + timeout
     try:
-        md = c.list_topics(name, timeout=timeout)
-        parts = md.topics[name].partitions if name in md.topics else {}
-        return {p: c.get_watermark_offsets(TopicPartition(name, p), timeout=timeout) for p in parts}
+        while True:
+            try:
+                md = c.list_topics(name, timeout=timeout)
+                parts = md.topics[name].partitions if name in md.topics else {}
+                return {p: c.get_watermark_offsets(TopicPartition(name, p), timeout=timeout) for p in parts}
+            except KafkaException as exc:
+                # a topic created a moment ago has no elected leader yet: that passes, so wait for it
+                if exc.args[0].code() not in _LEADER_PENDING or time.monotonic() > deadline:
+                    raise
+                time.sleep(0.1)
     finally:
         c.close()
 

@@ -2,6 +2,7 @@
 
   python -m ingest live   [--symbols BTCUSDT,ETHUSDT] [--interval 1m] [--per-shard 50]
                           [--rotate-after 84600] [--grace 10] [--reconcile 900] [--refresh 3600]
+                          [--since T] [--max-backfill 72]      # resumes from the klines topic
   python -m ingest replay --files ingest/recorded/klines_1h.parquet --interval 1h
                           [--symbols BTCUSDT,ETHUSDT] [--start 2026-05-01] [--end 2026-06-01]
                           [--speed 0 (as fast as possible) | 60 (one minute per second)] [--no-progress]
@@ -40,7 +41,10 @@ def build_parser() -> argparse.ArgumentParser:
     live.add_argument("--grace", type=float, default=10.0, help="silence grace before backfill, s")
     live.add_argument("--reconcile", type=float, default=900.0, help="universe reconcile period, s")
     live.add_argument("--refresh", type=float, default=3600.0, help="universe refresh period, s")
-    live.add_argument("--since", help="guarantee bars from this time on (ms or ISO); default: last closed bar")
+    live.add_argument("--since", help="bars before this time (ms or ISO) are not wanted; symbols with no bar in "
+                                      "the klines topic start here (default: the last closed bar)")
+    live.add_argument("--max-backfill", type=float, default=72.0,
+                      help="hours: resume from the klines topic at most this far back (default 72)")
 
     rep = sub.add_parser("replay", help="replay recorded klines (Parquet/CSV) into the klines topic")
     rep.add_argument("--files", nargs="+", required=True)
@@ -98,7 +102,8 @@ def main(argv: list[str] | None = None) -> int:
     from ingest.service import LiveIngest
     svc = LiveIngest(settings, interval=args.interval, symbols=_csv(args.symbols), per_shard=args.per_shard,
                      rotate_after_s=args.rotate_after, grace_ms=int(args.grace * 1000),
-                     reconcile_s=args.reconcile, refresh_s=args.refresh, start_ms=parse_time(args.since))
+                     reconcile_s=args.reconcile, refresh_s=args.refresh, start_ms=parse_time(args.since),
+                     max_backfill_s=args.max_backfill * 3600)
 
     async def run_live():
         stop = asyncio.Event()
@@ -107,7 +112,12 @@ def main(argv: list[str] | None = None) -> int:
             loop.add_signal_handler(sig, stop.set)
         await svc.run(stop)
 
-    asyncio.run(run_live())
+    from ingest.service import IngestFatal
+    try:
+        asyncio.run(run_live())
+    except IngestFatal as exc:
+        print(f"ingest live: stopped on a fault it cannot handle: {exc}", file=sys.stderr)
+        return 1
     logging.getLogger("smc.ingest").info("stopped: %s", svc.snapshot()["ingest"])
     return 0
 

@@ -9,13 +9,11 @@ Pure parts:
     each request asks for exactly the bars it needs (limit <= 1500), so a 1-bar gap costs weight 1.
   * `WeightBudget`: token bucket of 2400 weight / 60 s that also follows the server's view
     (X-MBX-USED-WEIGHT-1M) and 429/418 Retry-After bans.
-Shell: `RestKlines.fetch(symbol, interval, start, end, now)` -> closed Klines marked source="backfill".
+Shell: `RestKlines(MarketRest).fetch(symbol, interval, start, end, now)` -> closed Klines marked source="backfill"
+(the HTTP, budget, ban and retry rules are ingest.rest's, shared with exchangeInfo).
 """
 from __future__ import annotations
 
-import asyncio
-import logging
-import time
 from dataclasses import dataclass, field
 from typing import Callable
 
@@ -23,8 +21,6 @@ import orjson
 
 from schemas import Kline, SchemaError, interval_ms
 from schemas.kline import validate_kline
-
-log = logging.getLogger("smc.ingest.backfill")
 
 MAX_LIMIT = 1500
 WEIGHT_PER_MINUTE = 2400
@@ -181,45 +177,22 @@ def parse_rest_kline(row: list, symbol: str, interval: str, received_at: int) ->
     return k
 
 
-@dataclass
-class BackfillStats:
-    requests: int = 0
-    weight: int = 0
-    throttled: int = 0
-    bans: int = 0
-    bars: int = 0
-    rejected: int = 0
-
-
 class RestKlines:
-    """GET /fapi/v1/klines under a WeightBudget; returns only closed bars (close_time < now)."""
+    """GET /fapi/v1/klines through the process's `MarketRest`; returns only closed bars (close_time < now)."""
 
-    def __init__(self, session, rest_url: str, budget: WeightBudget | None = None,
-                 clock: Callable[[], float] = time.monotonic, on_reject: Callable[[str, bytes, str], None] | None = None,
-                 max_attempts: int = 5):
-        self.session = session
-        self.rest_url = rest_url.rstrip("/")
-        self.budget = budget or WeightBudget()
-        self.clock = clock
+    def __init__(self, rest, on_reject: Callable[[str, bytes, str], None] | None = None):
+        self.rest = rest
+        self.stats = rest.stats
         self.on_reject = on_reject
-        self.max_attempts = max_attempts
-        self.stats = BackfillStats()
-        self._lock = asyncio.Lock()
-
-    async def _acquire(self, weight: int) -> None:
-        while True:
-            async with self._lock:
-                d = self.budget.reserve(weight, self.clock())
-            if d == 0.0:
-                return
-            self.stats.throttled += 1
-            await asyncio.sleep(min(d, 5.0))
 
     async def fetch(self, symbol: str, interval: str, first_open: int, last_open: int, now_ms: int) -> list[Kline]:
         step = interval_ms(interval)
         out: list[Kline] = []
         for start, end, limit in plan_requests(first_open, last_open, step):
-            rows = await self._get(symbol, interval, start, end, limit)
+            params = {"symbol": symbol, "interval": interval, "startTime": str(start), "endTime": str(end),
+                      "limit": str(limit)}
+            rows = await self.rest.get_json("/fapi/v1/klines", params, kline_weight(limit),
+                                            what=f"klines {symbol} {start}..{end}")
             for row in rows:
                 try:
                     k = parse_rest_kline(row, symbol, interval, now_ms)
@@ -232,26 +205,3 @@ class RestKlines:
                     out.append(k)
         self.stats.bars += len(out)
         return out
-
-    async def _get(self, symbol: str, interval: str, start: int, end: int, limit: int) -> list:
-        weight = kline_weight(limit)
-        params = {"symbol": symbol, "interval": interval, "startTime": str(start), "endTime": str(end),
-                  "limit": str(limit)}
-        for attempt in range(self.max_attempts):
-            await self._acquire(weight)
-            self.stats.requests += 1
-            self.stats.weight += weight
-            async with self.session.get(f"{self.rest_url}/fapi/v1/klines", params=params) as resp:
-                self.budget.observe_header(resp.headers.get("X-MBX-USED-WEIGHT-1M"), self.clock())
-                if resp.status in (429, 418):
-                    self.stats.bans += 1
-                    ra = float(resp.headers.get("Retry-After", "1") or 1)
-                    self.budget.retry_after(ra, self.clock())
-                    log.warning("klines %s: HTTP %d, Retry-After %.1fs", symbol, resp.status, ra)
-                    continue
-                if resp.status >= 500:
-                    await asyncio.sleep(min(2 ** attempt * 0.1, 2.0))
-                    continue
-                resp.raise_for_status()
-                return orjson.loads(await resp.read())
-        raise RuntimeError(f"klines {symbol} {start}..{end}: gave up after {self.max_attempts} attempts")

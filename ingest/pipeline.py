@@ -5,7 +5,13 @@ Per symbol, bars are emitted in strictly increasing open_time: when a bar arrive
 held (with any later ones) until the backfill of the gap comes back, so the `klines` topic is in order
 per symbol. Everything bad (malformed JSON, invalid bar, unknown symbol, stale or duplicate bar) is
 counted and handed to `reject(stage, reason, raw, key)` (the service sends it to the dlq); it never
-raises to the connection.
+raises to the connection. A bar delivered again with the same numbers (rotation overlap, a live bar
+after its REST backfill, a re-sent bar after a restart) is not an error: it is dropped and counted in
+`stats.duplicates`, never sent to the dlq; a re-delivery with OTHER numbers is a `conflict` and is.
+
+Memory across restarts and universe changes: `resume(last_bars)` seeds the per-symbol watermark from
+the newest bars already in the `klines` topic, so a restart backfills exactly what is missing; a symbol
+that leaves the universe keeps its watermark (`retired`) and, when it returns, is backfilled from it.
 
 Backfill work is returned as `BackfillJob`s; the async shell fetches them and calls
 `backfill_done(job, klines)`.
@@ -18,7 +24,7 @@ from typing import Callable
 import orjson
 
 from ingest.backfill import GapTracker, last_closed_open
-from ingest.ws import Deduper, parse_kline_event
+from ingest.ws import Deduper, bar_fingerprint, parse_kline_event
 from schemas import Kline, SchemaError, encode_kline, interval_ms
 
 
@@ -36,9 +42,10 @@ class IngestStats:
     closed: int = 0          # closed klines parsed
     produced: int = 0        # klines handed to the producer (live + backfill)
     backfilled: int = 0      # of which source=backfill
-    duplicates: int = 0
+    duplicates: int = 0      # identical re-deliveries dropped (not errors, not in the dlq)
+    conflicts: int = 0       # re-deliveries with other numbers than the bar produced (dlq)
     stale: int = 0
-    rejected: int = 0        # everything sent to the dlq (duplicates and stale included)
+    rejected: int = 0        # everything sent to the dlq (conflicts and stale included)
     gaps: int = 0            # backfill jobs started
     unfilled: int = 0        # bars a backfill asked for and REST did not have
     reasons: dict[str, int] = field(default_factory=dict)
@@ -57,22 +64,49 @@ class IngestCore:
         self.gaps = GapTracker(self.step, grace_ms)
         self.dedupe = Deduper()
         self.known: set[str] = set()
+        self.retired: dict[str, int] = {}             # symbol -> last produced open_time, while out of the universe
         self.pending: dict[str, list[Kline]] = {}     # symbol -> live bars held behind a backfill
         self.stats = IngestStats()
 
     # ---- universe ---------------------------------------------------------------------------------
-    def add_symbols(self, symbols, start_ms: int | None = None) -> None:
-        """Track symbols; with start_ms, every bar from start_ms on is guaranteed (backfilled if missed)."""
-        symbols = list(symbols)
-        self.known.update(symbols)
-        if start_ms is not None:
-            self.gaps.start(symbols, start_ms)
+    def resume(self, last_bars) -> None:
+        """The newest bar of each symbol already in the klines topic: continue right after it."""
+        for k in last_bars:
+            if k.open_time > self.gaps.last.get(k.symbol, -1):
+                self.gaps.last[k.symbol] = k.open_time
+            self.dedupe.add(k.symbol, k.interval, k.open_time, bar_fingerprint(k))
+
+    def add_symbols(self, symbols, start_ms: int | None = None, not_before_ms: int | None = None) -> dict[str, int]:
+        """Track symbols and guarantee every bar after what is already known of each (resume(), or its
+        last bar before it left the universe); a symbol with no history starts at start_ms. Bars opening
+        before not_before_ms are not wanted. Returns {symbol: bars skipped} for the symbols whose history
+        ended before not_before_ms (the caller says so: those bars are not backfilled)."""
+        skipped: dict[str, int] = {}
+        step = self.step
+        floor = None if not_before_ms is None else -(-not_before_ms // step) * step - step
+        for s in symbols:
+            self.known.add(s)
+            last = self.gaps.last.get(s)
+            if last is None:
+                last = self.retired.pop(s, None)
+            if last is None and start_ms is not None:
+                last = start_ms - start_ms % step - step
+            if last is None:
+                continue
+            if floor is not None and last < floor:
+                skipped[s] = (floor - last) // step
+                last = floor
+            self.gaps.last[s] = last
+        return skipped
 
     def remove_symbols(self, symbols) -> None:
+        """Stop tracking; each symbol's last produced bar is kept for when it returns."""
         for s in symbols:
             self.known.discard(s)
             self.pending.pop(s, None)
-        self.gaps.forget(symbols)
+            last = self.gaps.last.pop(s, None)
+            if last is not None:
+                self.retired[s] = last
 
     # ---- rejects --------------------------------------------------------------------------------
     def _reject(self, kind: str, reason: str, raw, key: str | None) -> None:
@@ -115,13 +149,18 @@ class IngestCore:
         return self._accept(k, raw)
 
     def _accept(self, k: Kline, raw) -> list[BackfillJob]:
-        verdict = self.dedupe.check(k.symbol, k.interval, k.open_time)
+        verdict = self.dedupe.check(k.symbol, k.interval, k.open_time, bar_fingerprint(k))
+        if verdict == "duplicate":
+            self.stats.duplicates += 1            # the same bar again: expected, not an error
+            return []
         if verdict != "new":
-            if verdict == "duplicate":
-                self.stats.duplicates += 1
+            if verdict == "conflict":
+                self.stats.conflicts += 1
+                what = "conflicting duplicate bar (other numbers than the bar produced)"
             else:
                 self.stats.stale += 1
-            self._reject(verdict, f"Kline.open_time={k.open_time}: {verdict} bar of {k.symbol} {k.interval} "
+                what = "stale bar"
+            self._reject(verdict, f"Kline.open_time={k.open_time}: {what} of {k.symbol} {k.interval} "
                                   f"(newest produced {self.dedupe.newest.get((k.symbol, k.interval))})",
                          raw or encode_kline(k), k.symbol)
             return []
@@ -135,7 +174,7 @@ class IngestCore:
 
     def _produce(self, k: Kline) -> None:
         self.emit(k)
-        self.dedupe.add(k.symbol, k.interval, k.open_time)
+        self.dedupe.add(k.symbol, k.interval, k.open_time, bar_fingerprint(k))
         self.gaps.produced(k.symbol, k.open_time)
         self.stats.produced += 1
         if k.source == "backfill":

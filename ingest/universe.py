@@ -1,8 +1,9 @@
 """The tradable universe: USDT-margined perpetuals in TRADING status, from GET /fapi/v1/exchangeInfo.
 
-`parse_exchange_info` is pure. `Universe` is a small cache around an async fetch function: `get()`
-re-fetches when older than `refresh_s` (1 h), `reconcile()` re-fetches on its own cadence
-(`reconcile_s`, 15 min) and returns the diff (added / removed symbols) for the shard plan.
+`parse_exchange_info` and `vet_universe` are pure. `Universe` is a small cache around an async fetch
+function: `get()` re-fetches when older than `refresh_s` (1 h), `reconcile()` re-fetches on its own
+cadence (`reconcile_s`, 15 min) and returns the diff (added / removed symbols) for the shard plan. An
+empty, unparsable or implausibly shrunken answer is refused: the universe it had is kept.
 """
 from __future__ import annotations
 
@@ -93,38 +94,94 @@ def diff_symbols(old: set[str] | frozenset[str], new: set[str] | frozenset[str])
     return UniverseDiff(tuple(sorted(set(new) - set(old))), tuple(sorted(set(old) - set(new))))
 
 
-async def fetch_exchange_info(session, rest_url: str) -> dict:
-    """GET {rest_url}/fapi/v1/exchangeInfo (weight 1) with an aiohttp session."""
-    async with session.get(f"{rest_url}/fapi/v1/exchangeInfo") as resp:
-        resp.raise_for_status()
-        return orjson.loads(await resp.read())
+async def fetch_exchange_info(rest) -> dict:
+    """GET /fapi/v1/exchangeInfo (weight 1) through the process's MarketRest (shared weight budget)."""
+    from ingest.rest import EXCHANGE_INFO_WEIGHT
+    return await rest.get_json("/fapi/v1/exchangeInfo", weight=EXCHANGE_INFO_WEIGHT, what="exchangeInfo")
+
+
+class UniverseRefused(Exception):
+    """An exchangeInfo answer that would empty or shrink the universe implausibly; the old one is kept."""
+
+
+def vet_universe(old: frozenset[str], new: frozenset[str], max_drop_share: float) -> str | None:
+    """Why `new` must not replace `old` (None: it may). Pure.
+
+    An empty answer, or one that drops more than `max_drop_share` of the symbols at once, is far more
+    likely a broken or partial payload than a market event; taking it would close the shards of the
+    dropped symbols and lose their bars.
+    """
+    if not new:
+        return "no TRADING USDT perpetual in the answer"
+    if old:
+        dropped = len(old - new)
+        if dropped > max_drop_share * len(old):
+            return f"it drops {dropped} of {len(old)} symbols at once (more than {max_drop_share:.0%})"
+    return None
 
 
 class Universe:
-    """Cached universe; intervals are parameters (tests use short ones)."""
+    """Cached universe that cannot vanish; intervals are parameters (tests use short ones).
+
+    A failed fetch or a refused answer keeps the current universe and retries after an exponential
+    backoff (`retry_base_s` doubling, capped at `reconcile_s`), never on every tick. A shrink beyond
+    `max_drop_share` is accepted only when the very same symbol set comes back `confirmations` times
+    in a row (a real mass delisting stays; a glitch does not).
+    """
 
     def __init__(self, fetch: Callable[[], Awaitable[dict]], refresh_s: float = 3600.0, reconcile_s: float = 900.0,
-                 clock: Callable[[], float] = time.monotonic, symbols_filter: Callable[[str], bool] | None = None):
+                 clock: Callable[[], float] = time.monotonic, symbols_filter: Callable[[str], bool] | None = None,
+                 max_drop_share: float = 0.2, confirmations: int = 3, retry_base_s: float = 5.0):
         self._fetch = fetch
         self.refresh_s = refresh_s
         self.reconcile_s = reconcile_s
         self.clock = clock
         self.filter = symbols_filter
+        self.max_drop_share = max_drop_share
+        self.confirmations = confirmations
+        self.retry_base_s = retry_base_s
         self.specs: dict[str, SymbolSpec] = {}
         self.fetched_at: float | None = None
-        self.reconciled_at: float | None = None
+        self.next_attempt_at: float | None = None
+        self.failures = 0                      # consecutive failed or refused fetches
+        self.refused = 0                       # refused answers, in all
+        self._suspect: tuple[frozenset[str], int] | None = None   # a refused shrink and how often seen
 
     @property
     def symbols(self) -> frozenset[str]:
         return frozenset(self.specs)
 
+    def _failed(self) -> None:
+        self.failures += 1
+        delay = min(self.reconcile_s, self.retry_base_s * 2 ** (self.failures - 1))
+        self.next_attempt_at = self.clock() + delay
+
     async def _load(self) -> UniverseDiff:
-        specs = parse_exchange_info(await self._fetch())
+        """Fetch, vet and install a new universe; raises (and schedules the retry) when it cannot."""
+        try:
+            specs = parse_exchange_info(await self._fetch())
+        except Exception:
+            self._failed()
+            raise
         if self.filter is not None:
             specs = {k: v for k, v in specs.items() if self.filter(k)}
+        new = frozenset(specs)
+        why = vet_universe(self.symbols, new, self.max_drop_share)
+        if why is not None and new:
+            seen = self._suspect[1] + 1 if self._suspect and self._suspect[0] == new else 1
+            self._suspect = (new, seen)
+            if seen >= self.confirmations:
+                why = None                     # the same shrunken answer, again and again: it is real
+        if why is not None:
+            self.refused += 1
+            self._failed()
+            raise UniverseRefused(f"exchangeInfo refused, keeping {len(self.specs)} symbols: {why}")
+        self._suspect = None
         d = diff_symbols(set(self.specs), set(specs))
         self.specs = specs
-        self.fetched_at = self.reconciled_at = self.clock()
+        self.failures = 0
+        self.fetched_at = self.clock()
+        self.next_attempt_at = self.fetched_at + self.reconcile_s
         return d
 
     async def get(self) -> dict[str, SymbolSpec]:
@@ -133,8 +190,8 @@ class Universe:
         return self.specs
 
     def reconcile_due(self) -> bool:
-        return self.reconciled_at is None or self.clock() - self.reconciled_at >= self.reconcile_s
+        return self.next_attempt_at is None or self.clock() >= self.next_attempt_at
 
     async def reconcile(self) -> UniverseDiff:
-        """Re-fetch and return which symbols were listed / delisted since the last fetch."""
+        """Re-fetch and return which symbols were listed / delisted since the last accepted answer."""
         return await self._load()

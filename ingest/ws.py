@@ -91,40 +91,55 @@ def parse_kline_event(raw: bytes | str | dict, received_at: int, source: str = "
 
 
 # ---- dedupe (pure) ------------------------------------------------------------------------------
-class Deduper:
-    """Per symbol: the newest produced open_time and a window of recent ones.
+def bar_fingerprint(k: Kline) -> tuple:
+    """What the exchange says about a bar: equal fingerprints = the same bar delivered twice (WS and
+    REST carry the same numbers; source and received_at are ours and differ)."""
+    return (k.close_time, k.open, k.high, k.low, k.close, k.volume, k.quote_volume, k.trades,
+            k.taker_buy_base, k.taker_buy_quote)
 
-    check() -> "new" (newer than anything produced), "duplicate" (already produced: rotation overlap,
-    a late live bar after its backfill) or "stale" (older than the newest, never produced).
+
+class Deduper:
+    """Per symbol: the newest produced open_time and a window of recent bars' fingerprints.
+
+    check() -> "new" (newer than anything produced), "duplicate" (already produced with the same
+    numbers: rotation overlap, a live bar after its backfill, a re-sent bar after a restart),
+    "conflict" (already produced with other numbers) or "stale" (older than the newest, never produced).
     """
 
     def __init__(self, window: int = 256):
         self.window = window
         self.newest: dict[tuple[str, str], int] = {}
-        self.recent: dict[tuple[str, str], collections.deque] = {}
+        self.recent: dict[tuple[str, str], dict[int, tuple]] = {}
 
-    def check(self, symbol: str, interval: str, open_time: int) -> str:
+    def check(self, symbol: str, interval: str, open_time: int, fingerprint: tuple | None = None) -> str:
         key = (symbol, interval)
         newest = self.newest.get(key)
         if newest is None or open_time > newest:
             return "new"
-        if open_time in self.recent[key]:
-            return "duplicate"
-        return "stale"
+        seen = self.recent[key].get(open_time, _MISSING)
+        if seen is _MISSING:
+            return "stale"
+        return "duplicate" if fingerprint is None or seen is None or seen == fingerprint else "conflict"
 
-    def add(self, symbol: str, interval: str, open_time: int) -> None:
+    def add(self, symbol: str, interval: str, open_time: int, fingerprint: tuple | None = None) -> None:
         key = (symbol, interval)
-        dq = self.recent.get(key)
-        if dq is None:
-            dq = self.recent[key] = collections.deque(maxlen=self.window)
-        dq.append(open_time)
+        recent = self.recent.get(key)
+        if recent is None:
+            recent = self.recent[key] = {}
+        recent[open_time] = fingerprint
+        if len(recent) > self.window:
+            del recent[next(iter(recent))]          # insertion order = production order: drop the oldest
         if open_time > self.newest.get(key, -1):
             self.newest[key] = open_time
 
 
+_MISSING = object()
+
+
 # ---- backoff and the global open limiter ----------------------------------------------------------
 class Backoff:
-    """Jittered exponential backoff ("full jitter"): uniform(0, min(cap, base * 2**n))."""
+    """Jittered exponential backoff ("full jitter"): uniform(0, min(cap, base * 2**n)); the process-wide
+    ConnectLimiter keeps even a zero draw from opening more than one connection per interval."""
 
     def __init__(self, base: float = 0.5, cap: float = 30.0, rng: random.Random | None = None):
         self.base, self.cap, self.rng, self.n = base, cap, rng or random.Random(), 0
@@ -132,7 +147,7 @@ class Backoff:
     def next(self) -> float:
         ceiling = min(self.cap, self.base * (2 ** self.n))
         self.n += 1
-        return self.rng.uniform(ceiling / 2, ceiling)
+        return self.rng.uniform(0.0, ceiling)
 
     def reset(self) -> None:
         self.n = 0
@@ -157,6 +172,14 @@ class ConnectLimiter:
                 await asyncio.sleep(self._next - now)
             self._next = self.clock() + self.interval
             self.opens += 1
+
+
+def describe_close(ws, reader: asyncio.Task) -> str:
+    """Close code and reason of a finished connection, and the reader's error if it had one."""
+    code, reason = getattr(ws, "close_code", None), getattr(ws, "close_reason", None)
+    text = f"close code {code}, reason {reason!r}" if code is not None else "no close frame"
+    exc = None if reader.cancelled() else reader.exception()
+    return text if exc is None else f"{text}; {type(exc).__name__}: {exc}"
 
 
 # ---- the connection adapter ----------------------------------------------------------------------
@@ -259,9 +282,10 @@ class ShardConnection:
                 if reader.done():
                     self.stats.disconnects += 1
                     self.connected.clear()
+                    why = describe_close(cur, reader)
                     cur, reader = None, None
                     delay = self.backoff.next()
-                    log.info("shard %d: disconnected, reconnect in %.2fs", self.shard_id, delay)
+                    log.warning("shard %d: disconnected (%s), reconnect in %.2fs", self.shard_id, why, delay)
                     await asyncio.wait([stop_task], timeout=delay)
                     continue
                 # rotation (age or new stream list): open the new connection first, then close the old

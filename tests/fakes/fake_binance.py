@@ -110,6 +110,8 @@ class FakeBinance:
         self.ws_connects = 0
         self.ws_messages_in: list[dict] = []
         self._fail: list[tuple[int, float]] = []
+        self._fail_info: list[tuple[int, float | None, bytes | None]] = []
+        self._ever_listed: set[str] = set()
         self._weights: list[tuple[float, int]] = []
         self._conns: dict[web.WebSocketResponse, set[str]] = {}
         self._extra_routes: list = []
@@ -208,7 +210,19 @@ class FakeBinance:
 
     async def _exchange_info(self, request: web.Request) -> web.Response:
         self._weights.append((time.monotonic(), 1))
-        self.requests.append({"path": request.path, "params": dict(request.query), "weight": 1})
+        self.requests.append({"path": request.path, "params": dict(request.query), "weight": 1,
+                              "at": time.monotonic()})
+        if self._fail_info:
+            status, retry_after, body = self._fail_info.pop(0)
+            headers = {"X-MBX-USED-WEIGHT-1M": str(self._used_weight())}
+            if retry_after is not None:
+                headers["Retry-After"] = str(retry_after)
+            if body is None:
+                body = orjson.dumps({"code": -1003, "msg": "Too many requests; IP banned until later."
+                                     if status == 418 else "Too many requests."})
+            return web.Response(body=body, status=status, content_type="application/json", headers=headers)
+        if isinstance(self.exchange_info, bytes):            # a broken payload, served as it is
+            return web.Response(body=self.exchange_info, content_type="application/json")
         info = dict(self.exchange_info, serverTime=self.now_ms)
         return web.Response(body=orjson.dumps(info), content_type="application/json",
                             headers={"X-MBX-USED-WEIGHT-1M": str(self._used_weight())})
@@ -217,7 +231,11 @@ class FakeBinance:
         return web.json_response({"serverTime": self.now_ms})
 
     def symbols(self) -> set[str]:
-        return {s["symbol"] for s in self.exchange_info["symbols"]}
+        """Symbols with klines: every symbol any exchangeInfo served so far listed (a broken or partial
+        exchangeInfo answer does not make the market's bars go away)."""
+        if not isinstance(self.exchange_info, bytes):
+            self._ever_listed.update(s["symbol"] for s in self.exchange_info["symbols"])
+        return set(self._ever_listed)
 
     def kline_row(self, symbol: str, open_time: int) -> list:
         o, h, l, c, v = self.bars.bar(symbol, open_time)
@@ -259,6 +277,14 @@ class FakeBinance:
             t += STEP
         return web.Response(body=orjson.dumps(rows), content_type="application/json",
                             headers={"X-MBX-USED-WEIGHT-1M": str(used)})
+
+    def fail_exchange_info(self, n: int, status: int = 429, retry_after: float | None = 1,
+                           body: bytes | None = None) -> None:
+        """The next n exchangeInfo requests answer `status` (429/418 with Retry-After, 5xx, ...)."""
+        self.call(lambda: self._fail_info.extend([(status, retry_after, body)] * n))
+
+    def exchange_info_requests(self) -> list[dict]:
+        return [r for r in self.requests if r["path"] == "/fapi/v1/exchangeInfo"]
 
     def fail_klines(self, n: int, status: int = 429, retry_after: float = 1) -> None:
         """The next n kline requests answer `status` with Retry-After."""
@@ -373,5 +399,5 @@ class FakeBinance:
             return n
         return self.call(go)
 
-    def set_exchange_info(self, info: dict) -> None:
+    def set_exchange_info(self, info: dict | bytes) -> None:
         self.call(lambda: setattr(self, "exchange_info", info))

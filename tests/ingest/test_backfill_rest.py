@@ -8,6 +8,7 @@ import aiohttp
 
 from fakes.fake_binance import FakeBinance, build_exchange_info
 from ingest.backfill import RestKlines, WeightBudget
+from ingest.rest import MarketRest
 from ingest.universe import fetch_exchange_info, parse_exchange_info
 
 STEP = 60_000
@@ -20,9 +21,10 @@ def test_rest_backfill_closed_only_weights_and_429():
 
         async def go():
             async with aiohttp.ClientSession() as s:
-                specs = parse_exchange_info(await fetch_exchange_info(s, fb.rest_url))
+                market = MarketRest(s, fb.rest_url, WeightBudget())
+                specs = parse_exchange_info(await fetch_exchange_info(market))
                 assert sorted(specs) == ["BTCUSDT", "ETHUSDT"]
-                rest = RestKlines(s, fb.rest_url, WeightBudget())
+                rest = RestKlines(market)
                 ks = await rest.fetch("BTCUSDT", "1m", t0, t0 + 10 * STEP, fb.now_ms)
                 assert [k.open_time for k in ks] == [t0 + i * STEP for i in range(10)]   # open bar 10 left out
                 assert all(k.source == "backfill" and k.close_time < fb.now_ms for k in ks)
@@ -37,4 +39,4 @@ def test_rest_backfill_closed_only_weights_and_429():
         st = asyncio.run(go())
         reqs = fb.kline_requests()
         assert [int(r["params"]["limit"]) for r in reqs] == [11, 1, 1]
-        assert st.weight == 3 and st.requests == 3
+        assert st.weight == 4 and st.requests == 4          # exchangeInfo (1) shares the budget with klines

@@ -61,7 +61,7 @@ def test_universe_cache_refresh_and_reconcile_diff():
         calls.append(1)
         return real if len(calls) < 3 else {**real, "symbols": real["symbols"][1:]}
     now = [0.0]
-    u = Universe(fetch, refresh_s=3600, reconcile_s=900, clock=lambda: now[0])
+    u = Universe(fetch, refresh_s=3600, reconcile_s=900, clock=lambda: now[0], max_drop_share=0.5)
 
     async def go():
         await u.get()
@@ -77,6 +77,60 @@ def test_universe_cache_refresh_and_reconcile_diff():
         assert d.removed == ("BTCUSDT",) and d.added == ()
     asyncio.run(go())
     assert diff_symbols({"A", "B"}, {"B", "C"}).added == ("C",)
+
+
+def _info(names):
+    real = json.loads((BIN / "http_futures_market_exchange_info.json").read_text())
+    btc = next(x for x in real["symbols"] if x["symbol"] == "BTCUSDT")
+    return {**real, "symbols": [dict(btc, symbol=n) for n in names]}
+
+
+def test_universe_refuses_empty_unparsable_and_shrunken_answers_and_backs_off():
+    from ingest.universe import UniverseRefused
+    names = [f"S{i:02d}USDT" for i in range(20)]
+    answers = [_info(names), {"symbols": []}, b"<html>bad gateway</html>", _info(names[:10]),
+               _info(names[:10]), _info(names[2:]), _info(names[:10]), _info(names[:10]), _info(names[:10])]
+    now = [0.0]
+
+    async def fetch():
+        a = answers.pop(0)
+        return a if isinstance(a, dict) else orjson.loads(a)      # the bytes answer raises like a bad body
+    u = Universe(fetch, reconcile_s=900, clock=lambda: now[0], max_drop_share=0.2, confirmations=3,
+                 retry_base_s=5)
+
+    async def go():
+        await u.get()
+        assert len(u.symbols) == 20 and not u.reconcile_due()
+        waits = []
+        for expected in (UniverseRefused, orjson.JSONDecodeError, UniverseRefused, UniverseRefused):
+            now[0] = u.next_attempt_at
+            with pytest.raises(expected):
+                await u.reconcile()
+            assert len(u.symbols) == 20                        # the universe it had is kept
+            waits.append(u.next_attempt_at - now[0])
+        assert waits == [5, 10, 20, 40]                        # exponential backoff, not every tick
+        now[0] = u.next_attempt_at
+        d = await u.reconcile()                                # drops 2 of 20 (10 %): a normal delisting
+        assert d.removed == ("S00USDT", "S01USDT") and u.failures == 0
+        assert u.next_attempt_at - now[0] == 900
+        for _ in range(2):                                     # the same half-universe, twice more
+            now[0] = u.next_attempt_at
+            with pytest.raises(UniverseRefused, match="drops 10 of 18"):
+                await u.reconcile()
+        now[0] = u.next_attempt_at
+        d = await u.reconcile()                                # the third time in a row: it is real
+        assert len(u.symbols) == 10 and len(d.removed) == 10 and d.added == ("S00USDT", "S01USDT") and u.refused == 5
+    asyncio.run(go())
+
+
+def test_vet_universe():
+    from ingest.universe import vet_universe
+    old = frozenset(f"S{i}" for i in range(10))
+    assert vet_universe(frozenset(), frozenset({"A"}), 0.2) is None
+    assert "no TRADING" in vet_universe(old, frozenset(), 0.2)
+    assert vet_universe(old, old - {"S1", "S2"}, 0.2) is None
+    assert "drops 3 of 10" in vet_universe(old, old - {"S1", "S2", "S3"}, 0.2)
+    assert vet_universe(old, old | {"NEW"}, 0.2) is None
 
 
 # ---- shards ---------------------------------------------------------------------------------------
@@ -205,11 +259,16 @@ def test_parse_bad_ws_payloads_name_field_and_value(change, needle):
 def test_dedupe():
     d = Deduper()
     assert d.check("A", "1m", 5) == "new"
-    d.add("A", "1m", 5)
-    d.add("A", "1m", 7)
-    assert d.check("A", "1m", 7) == "duplicate" and d.check("A", "1m", 5) == "duplicate"
+    d.add("A", "1m", 5, ("five",))
+    d.add("A", "1m", 7, ("seven",))
+    assert d.check("A", "1m", 7, ("seven",)) == "duplicate" and d.check("A", "1m", 5, ("five",)) == "duplicate"
+    assert d.check("A", "1m", 7, ("other numbers",)) == "conflict"
     assert d.check("A", "1m", 6) == "stale" and d.check("A", "1m", 8) == "new"
     assert d.check("B", "1m", 1) == "new"
+    small = Deduper(window=2)
+    for t in (1, 2, 3):
+        small.add("A", "1m", t, (t,))
+    assert small.check("A", "1m", 1, (1,)) == "stale" and small.check("A", "1m", 2, (2,)) == "duplicate"
 
 
 def test_backoff_is_jittered_exponential_and_capped():
@@ -217,7 +276,8 @@ def test_backoff_is_jittered_exponential_and_capped():
     delays = [b.next() for _ in range(8)]
     for i, dl in enumerate(delays):
         ceiling = min(4.0, 0.5 * 2 ** i)
-        assert ceiling / 2 <= dl <= ceiling
+        assert 0.0 <= dl <= ceiling
+    assert min(delays[3:]) < 2.0                     # full jitter: draws spread below half the ceiling too
     assert len(set(delays)) == len(delays)
     b.reset()
     assert b.next() <= 0.5
@@ -278,8 +338,57 @@ def test_core_unfilled_backfill_is_given_up_and_rejects_are_counted():
     core.on_live(_k("A", 12))
     core.on_live(_k("A", 11))
     core.on_live(_k("ZZZ", 13))
-    assert [r[1].split(":")[1].strip().split()[0] for r in rej] == ["duplicate", "stale", "not"]
-    assert core.stats.reasons == {"duplicate": 1, "stale": 1, "unknown_symbol": 1}
+    assert [r[1].split(":")[1].strip().split()[0] for r in rej] == ["stale", "not"]
+    assert core.stats.reasons == {"stale": 1, "unknown_symbol": 1}
+    assert core.stats.duplicates == 1                         # the same bar again: counted, not rejected
+
+
+def test_core_resumes_from_topic_memory_and_remembers_retired_symbols():
+    now = [100 * STEP + 1]
+    core, out, rej = _core(now)
+    core.resume([_k("A", 90), _k("A", 95), _k("B", 40)])
+    skipped = core.add_symbols(["A", "B", "C"], start_ms=99 * STEP, not_before_ms=50 * STEP)
+    assert skipped == {"B": 9}                                 # B's bars 41..49 are older than the limit
+    assert core.on_reconnect(["A", "B", "C"]) == [BackfillJob("A", 96 * STEP, 99 * STEP, "reconnect"),
+                                                   BackfillJob("B", 50 * STEP, 99 * STEP, "reconnect"),
+                                                   BackfillJob("C", 99 * STEP, 99 * STEP, "reconnect")]
+    core.backfill_done(BackfillJob("A", 96 * STEP, 99 * STEP, "reconnect"), [_k("A", i, "backfill") for i in (96, 97)])
+    assert [k.open_time // STEP for k in out] == [96, 97] and core.stats.unfilled == 2
+    core.on_live(_k("A", 95))                                  # already in the topic: an identical re-send
+    core.on_live(_k("A", 97))                                  # the live bar after its backfill
+    assert core.stats.duplicates == 2 and rej == []
+    conflicting = Kline("A", "1m", 95 * STEP, 96 * STEP - 1, 1.0, 2.0, 0.5, 1.25, 3.0)
+    core.on_live(conflicting)
+    assert core.stats.conflicts == 1 and "conflicting duplicate bar" in rej[0][1]
+    # a symbol leaving and returning resumes from its last bar (a later start does not override it)
+    core.remove_symbols(["A"])
+    assert "A" not in core.known and core.retired == {"A": 99 * STEP}
+    now[0] = 110 * STEP + 1
+    core.add_symbols(["A"], start_ms=111 * STEP, not_before_ms=50 * STEP)
+    assert core.on_reconnect(["A"]) == [BackfillJob("A", 100 * STEP, 109 * STEP, "reconnect")]
+    # --since later than the topic's last bar: bars before it are not wanted
+    core2, _, _ = _core(now)
+    core2.resume([_k("D", 10)])
+    assert core2.add_symbols(["D"], start_ms=105 * STEP, not_before_ms=105 * STEP) == {"D": 94}
+    assert core2.on_reconnect(["D"]) == [BackfillJob("D", 105 * STEP, 109 * STEP, "reconnect")]
+
+
+def test_murmur2_matches_kafka_vectors():
+    from ingest.topic_memory import murmur2
+    # Kafka's UtilsTest.testMurmur2 (Java ints)
+    vectors = {"21": -973932308, "foobar": -790332482, "a-little-bit-long-string": -985981536,
+               "a-little-bit-longer-string": -1486304829,
+               "lkjh234lh9fiuh90y23oiuhsafujhadof229phr9h19h89h8": -58897971, "abc": 479470107}
+    for text, java in vectors.items():
+        assert murmur2(text.encode()) == java & 0xFFFFFFFF, text
+
+
+def test_newest_bars_per_symbol_and_interval():
+    from ingest.topic_memory import newest_bars
+    ks = [_k("A", 3), _k("A", 5), _k("A", 4), _k("B", 1),
+          Kline("A", "5m", 50 * STEP, 55 * STEP - 1, 1.0, 2.0, 0.5, 1.5, 3.0)]
+    got = newest_bars(ks, "1m")
+    assert {s: k.open_time // STEP for s, k in got.items()} == {"A": 5, "B": 1}
 
 
 def test_core_reconnect_and_silence_jobs():

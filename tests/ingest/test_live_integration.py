@@ -128,7 +128,8 @@ def test_rotation_overlap_and_reconcile_listing_delisting(settings):
         assert len(keys) == len(set(keys)) == 90
         t2 = fb.origin_ms + 2 * STEP
         assert ("NEWLISTUSDT", t2) in keys and (names[0], t2) not in keys
-        assert svc.core.stats.rejected == svc.core.stats.duplicates   # only overlap duplicates, if any
+        assert svc.core.stats.rejected == 0                           # overlap duplicates are not errors
+        assert rejects_of(read_topic(settings, "dlq", "t-rot-dlq", idle_s=1.0)) == []
 
 
 @pytest.mark.kafka
@@ -156,25 +157,29 @@ def test_bad_inputs_go_to_dlq_and_good_klines_keep_flowing(settings):
                 (variant(c="NaN"), a),                                                   # NaN
                 (variant(v="-5"), a),                                                    # negative volume
                 (variant(s="NOPEUSDT"), a),                                              # unknown symbol
-                (fb.event(b, t0, True).decode(), b),                                     # duplicate
+                (fb.event(b, t0, True).decode(), b),                        # identical duplicate: no reject
             ]
             for raw, sym in bad:
                 fb.inject(raw, symbol=sym)
-            wait_for(lambda: svc.core.stats.rejected >= 6, 20, "6 rejects")
+            wait_for(lambda: svc.core.stats.rejected >= 5 and svc.core.stats.duplicates >= 1, 20, "5 rejects")
             fb.publish()
             fb.publish()
             wait_for(lambda: svc.core.stats.produced >= 36, 20, "minutes 1, 2 flow")
-            fb.inject(fb.event(a, t0, True).decode(), symbol=a)                 # duplicate (already produced)
+            fb.inject(fb.event(a, t0, True).decode(), symbol=a)                 # identical duplicate: no reject
+            conflicting = orjson.loads(fb.event(a, t0, True))
+            conflicting["data"]["k"]["v"] = "123.5"                              # same bar, other numbers
+            fb.inject(orjson.dumps(conflicting).decode(), symbol=a)
             fb.inject(variant(t=t0 - 5 * STEP, T=t0 - 4 * STEP - 1), symbol=a)  # stale: older, never produced
-            wait_for(lambda: svc.core.stats.rejected >= 8, 20, "8 rejects")
+            wait_for(lambda: svc.core.stats.rejected >= 7, 20, "7 rejects")
         st = svc.core.stats
-        assert st.produced == 36 and st.rejected == 8 and st.duplicates == 2 and st.stale == 1, st
-        assert st.reasons == {"malformed": 1, "invalid": 3, "unknown_symbol": 1, "duplicate": 2, "stale": 1}
-        rej = rejects_of(read_topic(settings, "dlq", "t-dlq", expect=8))
-        assert len(rej) == 8 and {r.stage for r in rej} == {"ingest.ws"}
+        assert st.produced == 36 and st.rejected == 7 and st.duplicates == 2 and st.stale == 1, st
+        assert st.conflicts == 1
+        assert st.reasons == {"malformed": 1, "invalid": 3, "unknown_symbol": 1, "conflict": 1, "stale": 1}
+        rej = rejects_of(read_topic(settings, "dlq", "t-dlq", expect=7))
+        assert len(rej) == 7 and {r.stage for r in rej} == {"ingest.ws"}
         reasons = " | ".join(r.reason for r in rej)
         for needle in ("malformed JSON", "Kline.high=", "not finite", "Kline.volume=-5.0",
-                       "Kline.symbol='NOPEUSDT'", "duplicate bar", "stale bar"):
+                       "Kline.symbol='NOPEUSDT'", "conflicting duplicate bar", "stale bar"):
             assert needle in reasons, needle
         assert any(r.raw.startswith(b'{"stream":"x@kline_1m"') for r in rej)
         _check_topic(settings, fb, names, 3)
