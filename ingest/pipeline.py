@@ -194,6 +194,10 @@ class IngestCore:
         """After a reconnect (or on start): every bar closed by now that was not produced."""
         return self._jobs(symbols, 0, "reconnect")
 
+    def on_start(self, symbols) -> list[BackfillJob]:
+        """At start-up, before any connection: every closed bar after what the topic already holds."""
+        return self._jobs(symbols, 0, "start")
+
     def on_tick(self) -> list[BackfillJob]:
         """Symbols silent past the grace period: backfill the bars closed more than grace ago."""
         return self._jobs(list(self.known), None, "silence")

@@ -52,7 +52,7 @@ class LiveIngest:
                  backoff_base_s: float = 0.5, backoff_cap_s: float = 30.0, weight_limit: int = 2400,
                  backfill_concurrency: int = 8, backfill_attempts: int = 5, producer=None,
                  max_backfill_s: float = 3 * 24 * 3600.0, universe_max_drop_share: float = 0.2,
-                 universe_retry_s: float = 5.0, rest_backoff_base_s: float = 0.2):
+                 universe_retry_s: float = 5.0, universe_confirmations: int = 3, rest_backoff_base_s: float = 0.2):
         self.settings = settings
         self.interval = interval or settings.interval
         self.step = interval_ms(self.interval)
@@ -73,6 +73,7 @@ class LiveIngest:
         self.max_backfill_ms = int(max_backfill_s * 1000)
         self.universe_max_drop_share = universe_max_drop_share
         self.universe_retry_s = universe_retry_s
+        self.universe_confirmations = universe_confirmations
         self.rest_backoff_base_s = rest_backoff_base_s
         self.market: MarketRest | None = None
         self.fatal: str | None = None
@@ -245,13 +246,15 @@ class LiveIngest:
             self.market = MarketRest(session, self.settings.binance_rest_url, self.budget,
                                      backoff_base_s=self.rest_backoff_base_s)
             self.universe = Universe(lambda: fetch_exchange_info(self.market), self.refresh_s, self.reconcile_s,
-                                     max_drop_share=self.universe_max_drop_share, retry_base_s=self.universe_retry_s)
+                                     max_drop_share=self.universe_max_drop_share, retry_base_s=self.universe_retry_s,
+                                     confirmations=self.universe_confirmations)
             self.rest = RestKlines(self.market,
                                    on_reject=lambda reason, raw, key: self._reject("ingest.backfill", reason, raw, key))
             if not await self._first_universe(stop):
                 return
             symbols = self._filter(self.universe.specs.keys())
             self._resume(symbols)
+            self._schedule(self.core.on_start(symbols))    # the downtime's bars, without waiting for a connection
             self.plan = plan_shards(symbols, self.per_shard)
             log.info("live ingest: %d symbols on %d shards (%s)", len(symbols), len(self.plan), self.interval)
             for sid, syms in self.plan.items():

@@ -253,7 +253,7 @@ class FakeBinance:
         if limit < 1 or limit > 1500:
             return web.json_response({"code": -1130, "msg": "Invalid limit."}, status=400)
         weight = kline_weight(limit)
-        self.requests.append({"path": request.path, "params": dict(q), "weight": weight})
+        self.requests.append({"path": request.path, "params": dict(q), "weight": weight, "at": time.monotonic()})
         if self._fail:
             status, retry_after = self._fail.pop(0)
             return web.json_response({"code": -1003, "msg": "Too many requests."}, status=status,
