@@ -69,6 +69,14 @@ def _check_topic(settings, fb, names, minutes, group="t-check"):
     return by_symbol
 
 
+def _silent_logger():
+    import logging
+    quiet = logging.getLogger("t-dead-producer")
+    quiet.propagate = False
+    quiet.addHandler(logging.NullHandler())
+    return quiet
+
+
 def _no_dlq(settings, group):
     rej = rejects_of(read_topic(settings, "dlq", group, idle_s=1.0))
     assert rej == [], [r.reason for r in rej]
@@ -243,3 +251,31 @@ def test_topic_memory_partition_matches_the_brokers(settings):
     last = read_last_bars(settings, names, "1m", not_before_ms=0, first_chunk=7)   # tiny chunks: many reads
     assert {s: (k.open_time, k.volume) for s, k in last.items()} == {n: (2 * STEP, 5.0) for n in names}
     assert read_last_bars(settings, names, "1m", not_before_ms=3 * STEP) == {}
+
+
+@pytest.mark.kafka
+@pytest.mark.timeout(120)
+def test_unacknowledged_klines_stop_the_service_loudly(settings):
+    """A broker that never acknowledges (an outage longer than message.timeout.ms): the service stops
+    with IngestFatal naming the fault instead of carrying on over a hole; a restart resumes from the topic."""
+    from confluent_kafka import Producer
+    from ingest.service import IngestFatal
+    names = universe_names(4)
+    with FakeBinance(build_exchange_info(names)) as fb:
+        dead = Producer({"bootstrap.servers": "127.0.0.1:9", "message.timeout.ms": 1500, "enable.idempotence": True,
+                         "acks": "all", "logger": _silent_logger()})
+        svc = _svc(settings, fb, per_shard=4, producer=dead)
+        th = ServiceThread(svc).__enter__()
+        wait_for(lambda: _subscribed(svc, fb, names), 30, "connected")
+        fb.publish()
+        th.thread.join(30)
+        assert not th.thread.is_alive(), "the service kept running over unacknowledged klines"
+        assert isinstance(th.error, IngestFatal) and "not acknowledged by the broker" in str(th.error)
+        assert svc.delivery_errors >= 1
+        # the restart (a working producer) finds nothing in the topic and backfills minute 0
+        again = _svc(settings, fb, per_shard=4)
+        with ServiceThread(again):
+            wait_for(lambda: again.core is not None and again.core.stats.produced >= 4, 30, "minute 0 again")
+        lost, duplicated, wrong, by_symbol = topic_tally(settings, fb, names, 1, "t-fatal")
+        assert (lost, duplicated, wrong) == (0, 0, 0)
+        assert {k.source for ks in by_symbol.values() for k in ks} == {"backfill"}   # the live ones never landed
