@@ -3,6 +3,7 @@
 #   bash infra/bootstrap.sh run     # set up, then run the main job on embedded defaults
 #   bash infra/bootstrap.sh test    # set up, start a local Kafka broker, run the test suite
 #   bash infra/bootstrap.sh bench   # set up, run the benchmark suite (prints ratios)
+#   bash infra/bootstrap.sh stress  # set up, run the fault matrix (SMC_STRESS_N repetitions, default 20)
 # Set-up is idempotent: a .venv with the project, and the Apache Kafka jars fetched by Maven.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -52,7 +53,7 @@ case "$cmd" in
     setup
     broker_up
     trap broker_down EXIT
-    .venv/bin/python -m pytest -m "not bench" -q -p no:cacheprovider "$@"
+    .venv/bin/python -m pytest -m "not bench and not stress" -q -p no:cacheprovider "$@"
     ;;
   bench)
     setup
@@ -60,5 +61,11 @@ case "$cmd" in
     trap broker_down EXIT
     .venv/bin/python -m pytest -m bench -q -s -p no:cacheprovider "$@"
     ;;
-  *) echo "usage: bash infra/bootstrap.sh {run|test|bench|setup}" >&2; exit 2 ;;
+  stress)
+    setup
+    broker_up
+    trap broker_down EXIT
+    .venv/bin/python -m pytest -m stress -q -s -p no:cacheprovider tests/stress "$@"
+    ;;
+  *) echo "usage: bash infra/bootstrap.sh {run|test|bench|stress|setup}" >&2; exit 2 ;;
 esac

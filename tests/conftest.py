@@ -71,7 +71,7 @@ def audit_store(namespace: str):
 def pytest_configure(config):
     # test helper modules next to the tests (tests/processors/harness.py ...) import by plain name
     import sys
-    for sub in ("processors",):
+    for sub in ("processors", "ingest"):
         p = str(Path(__file__).parent / sub)
         if p not in sys.path:
             sys.path.insert(0, p)
