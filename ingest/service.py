@@ -92,15 +92,20 @@ class LiveIngest:
     # ---- Kafka --------------------------------------------------------------------------------------
     def _emit(self, k: Kline) -> None:
         value = encode_kline(k)
+        self._send_waiting(lambda: self.producer.produce(self._topic, key=k.symbol.encode(), value=value,
+                                                         on_delivery=self._delivered))
+
+    def _send_waiting(self, send: Callable[[], None]) -> None:
+        """send(); while the producer's local queue is full (the broker is slow or away), wait and say so:
+        nothing is dropped."""
         stalled_at = None
         while True:
             try:
-                self.producer.produce(self._topic, key=k.symbol.encode(), value=value, on_delivery=self._delivered)
+                send()
                 if stalled_at is not None:
                     log.info("producer queue has room again after %.1f s", time.monotonic() - stalled_at)
                 return
             except BufferError:
-                # the local queue is full: the broker is slow or away. Wait (nothing is dropped), and say so.
                 if stalled_at is None:
                     stalled_at = time.monotonic()
                     log.warning("producer queue full (%d records waiting for the broker); holding klines",
@@ -118,11 +123,7 @@ class LiveIngest:
 
     def _reject(self, stage: str, reason: str, raw, key) -> None:
         from infra.kafka_io import send_reject
-        try:
-            send_reject(self.producer, self.settings, stage, reason, raw, key)
-        except BufferError:
-            self.producer.poll(0.1)
-            send_reject(self.producer, self.settings, stage, reason, raw, key)
+        self._send_waiting(lambda: send_reject(self.producer, self.settings, stage, reason, raw, key))
 
     # ---- backfill jobs ------------------------------------------------------------------------------
     def _schedule(self, jobs: list[BackfillJob]) -> None:

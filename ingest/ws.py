@@ -16,7 +16,6 @@ One ShardConnection = one WebSocket on `{ws_url}/stream?streams=btcusdt@kline_1m
 from __future__ import annotations
 
 import asyncio
-import collections
 import logging
 import random
 import time
