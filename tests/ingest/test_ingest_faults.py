@@ -189,9 +189,9 @@ def test_restart_checks_sources_and_order(settings):
         assert all([k.source for k in ks] == ["live", "backfill", "backfill", "live"] for ks in by_symbol.values())
 
 
-@pytest.mark.kafka
-@pytest.mark.timeout(180)
-def test_429_and_418_on_exchange_info_pause_every_request(settings):
+def scenario_rest_bans(settings) -> tuple[int, int, int]:
+    """429s at start-up, a 418 ban and a long run of 429s on exchangeInfo: requests bounded by
+    Retry-After, no market-data request during the ban, and still every bar once."""
     names = universe_names(6)
     with FakeBinance(build_exchange_info(names)) as fb:
         fb.fail_exchange_info(2, status=429, retry_after=1)          # start-up meets two 429s
@@ -225,7 +225,40 @@ def test_429_and_418_on_exchange_info_pause_every_request(settings):
             fb.publish()
             wait_for(lambda: svc.core.stats.produced >= 18, 20, "minute 2")
         assert len(svc.universe.specs) == 6
-        _check_topic(settings, fb, names, 3, "t-ban")
+        lost, duplicated, wrong, _ = topic_tally(settings, fb, names, 3, "t-ban")
+        return lost, duplicated, wrong
+
+
+def scenario_unacknowledged_klines(settings) -> tuple[int, int, int]:
+    """A broker that never acknowledges (an outage longer than message.timeout.ms): the service stops
+    with IngestFatal naming the fault instead of carrying on over a hole; a restart resumes from the topic."""
+    from confluent_kafka import Producer
+    from ingest.service import IngestFatal
+    names = universe_names(4)
+    with FakeBinance(build_exchange_info(names)) as fb:
+        dead = Producer({"bootstrap.servers": "127.0.0.1:9", "message.timeout.ms": 1500, "enable.idempotence": True,
+                         "acks": "all", "logger": _silent_logger()})
+        svc = _svc(settings, fb, per_shard=4, producer=dead)
+        th = ServiceThread(svc).__enter__()
+        wait_for(lambda: _subscribed(svc, fb, names), 30, "connected")
+        fb.publish()
+        th.thread.join(30)
+        assert not th.thread.is_alive(), "the service kept running over unacknowledged klines"
+        assert isinstance(th.error, IngestFatal) and "not acknowledged by the broker" in str(th.error)
+        assert svc.delivery_errors >= 1
+        # the restart (a working producer) finds nothing in the topic and backfills minute 0
+        again = _svc(settings, fb, per_shard=4)
+        with ServiceThread(again):
+            wait_for(lambda: again.core is not None and again.core.stats.produced >= 4, 30, "minute 0 again")
+        lost, duplicated, wrong, by_symbol = topic_tally(settings, fb, names, 1, "t-fatal")
+        assert {k.source for ks in by_symbol.values() for k in ks} == {"backfill"}   # the live ones never landed
+        return lost, duplicated, wrong
+
+
+@pytest.mark.kafka
+@pytest.mark.timeout(180)
+def test_429_and_418_on_exchange_info_pause_every_request(settings):
+    assert scenario_rest_bans(settings) == (0, 0, 0)
 
 
 @pytest.mark.kafka
@@ -256,26 +289,4 @@ def test_topic_memory_partition_matches_the_brokers(settings):
 @pytest.mark.kafka
 @pytest.mark.timeout(120)
 def test_unacknowledged_klines_stop_the_service_loudly(settings):
-    """A broker that never acknowledges (an outage longer than message.timeout.ms): the service stops
-    with IngestFatal naming the fault instead of carrying on over a hole; a restart resumes from the topic."""
-    from confluent_kafka import Producer
-    from ingest.service import IngestFatal
-    names = universe_names(4)
-    with FakeBinance(build_exchange_info(names)) as fb:
-        dead = Producer({"bootstrap.servers": "127.0.0.1:9", "message.timeout.ms": 1500, "enable.idempotence": True,
-                         "acks": "all", "logger": _silent_logger()})
-        svc = _svc(settings, fb, per_shard=4, producer=dead)
-        th = ServiceThread(svc).__enter__()
-        wait_for(lambda: _subscribed(svc, fb, names), 30, "connected")
-        fb.publish()
-        th.thread.join(30)
-        assert not th.thread.is_alive(), "the service kept running over unacknowledged klines"
-        assert isinstance(th.error, IngestFatal) and "not acknowledged by the broker" in str(th.error)
-        assert svc.delivery_errors >= 1
-        # the restart (a working producer) finds nothing in the topic and backfills minute 0
-        again = _svc(settings, fb, per_shard=4)
-        with ServiceThread(again):
-            wait_for(lambda: again.core is not None and again.core.stats.produced >= 4, 30, "minute 0 again")
-        lost, duplicated, wrong, by_symbol = topic_tally(settings, fb, names, 1, "t-fatal")
-        assert (lost, duplicated, wrong) == (0, 0, 0)
-        assert {k.source for ks in by_symbol.values() for k in ks} == {"backfill"}   # the live ones never landed
+    assert scenario_unacknowledged_klines(settings) == (0, 0, 0)

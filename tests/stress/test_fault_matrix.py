@@ -16,7 +16,8 @@ import uuid
 
 import pytest
 
-from test_ingest_faults import scenario_restart_after_downtime, scenario_vanishing_universe
+from test_ingest_faults import (scenario_rest_bans, scenario_restart_after_downtime, scenario_unacknowledged_klines,
+                                scenario_vanishing_universe)
 
 N = int(os.environ.get("SMC_STRESS_N", "20"))
 RESULTS: dict[str, list] = {}
@@ -60,3 +61,17 @@ def test_stress_restart_after_downtime(settings):
     rng = random.Random(20)
     _repeat("ingest restart after 1-6 min down", settings,
             lambda s, i: scenario_restart_after_downtime(s, down_minutes=rng.randint(1, 6)))
+
+
+@pytest.mark.stress
+@pytest.mark.kafka
+@pytest.mark.timeout(0)
+def test_stress_rest_bans(settings):
+    _repeat("exchangeInfo 429/418 (Retry-After)", settings, lambda s, i: scenario_rest_bans(s))
+
+
+@pytest.mark.stress
+@pytest.mark.kafka
+@pytest.mark.timeout(0)
+def test_stress_unacknowledged_klines(settings):
+    _repeat("broker never acknowledges -> exit, restart", settings, lambda s, i: scenario_unacknowledged_klines(s))
