@@ -13,14 +13,16 @@ with `fb.add_routes([web.post("/fapi/v1/order", handler), ...])` (before `start(
 `extensions=[callable(fake) -> list[RouteDef]]`. The server runs in a background thread with its own
 event loop on an ephemeral port; `fb.call(fn, *args)` runs fn in that loop and returns its result.
 
-Bars are real: `RecordedBars` serves ingest/recorded/klines_1h.parquet rows re-stamped on the 1m grid
-(minute i of a symbol = hour row i of the same symbol; generated names borrow a real symbol's rows).
+Bars are real: `RecordedBars` serves Binance USD-M perpetual 1m bars (ingest/recorded/perps_1m_2025-05.parquet,
+the first 2,000 minutes of each of its 18 symbols) re-stamped on the fake's clock (minute i of a symbol =
+row i of the same symbol, cycling; other names borrow a real symbol's rows).
 The clock is the test's: `now_ms` only moves when the test publishes or sets it.
 """
 from __future__ import annotations
 
 import asyncio
 import copy
+import functools
 import json
 import threading
 import time
@@ -33,7 +35,8 @@ from aiohttp import WSMsgType, web
 
 REPO = Path(__file__).resolve().parents[2]
 BINANCE_DATA = REPO / "tests" / "data" / "binance"
-RECORDED_1H = REPO / "ingest" / "recorded" / "klines_1h.parquet"
+RECORDED_PERPS_1M = REPO / "ingest" / "recorded" / "perps_1m_2025-05.parquet"
+BARS_PER_SYMBOL = 2000
 STEP = 60_000
 
 
@@ -70,15 +73,20 @@ def build_exchange_info(names: Iterable[str], extra_symbols: list[dict] | None =
     return out
 
 
-class RecordedBars:
-    """Deterministic real OHLCV for any (symbol, minute): the recorded 1h rows re-stamped on 1m."""
+@functools.lru_cache(maxsize=4)
+def _recorded_rows(path: Path, per_symbol: int) -> dict[str, list[tuple]]:
+    import polars as pl
+    df = pl.read_parquet(path, columns=["symbol", "open_time", "open", "high", "low", "close", "volume"])
+    df = df.sort(["symbol", "open_time"]).group_by("symbol", maintain_order=True).head(per_symbol)
+    return {sym: list(part.select(["open", "high", "low", "close", "volume"]).iter_rows())
+            for (sym,), part in df.group_by(["symbol"], maintain_order=True)}
 
-    def __init__(self, path: Path = RECORDED_1H, origin_ms: int = 0):
-        import polars as pl
-        df = pl.read_parquet(path, columns=["symbol", "open", "high", "low", "close", "volume"])
-        self.rows: dict[str, list[tuple]] = {}
-        for (sym,), part in df.group_by(["symbol"], maintain_order=True):
-            self.rows[sym] = list(part.select(["open", "high", "low", "close", "volume"]).iter_rows())
+
+class RecordedBars:
+    """Deterministic real OHLCV for any (symbol, minute): recorded USD-M perpetual 1m rows, re-stamped."""
+
+    def __init__(self, path: Path = RECORDED_PERPS_1M, origin_ms: int = 0, per_symbol: int = BARS_PER_SYMBOL):
+        self.rows: dict[str, list[tuple]] = _recorded_rows(path, per_symbol)
         self.names = sorted(self.rows)
         self.origin_ms = origin_ms
 
