@@ -47,31 +47,18 @@ def _print_table():
               f"{sum(r[2] for r in rows):>6} {failed:>7} {sum(r[4] for r in rows) / len(rows):>6.1f}")
 
 
-@pytest.mark.stress
-@pytest.mark.kafka
-@pytest.mark.timeout(0)
-def test_stress_vanishing_universe(settings):
-    _repeat("exchangeInfo empty/unparsable/shrunken", settings, lambda s, i: scenario_vanishing_universe(s))
+_RNG = random.Random(20)
+SCENARIOS = {
+    "exchangeInfo empty/unparsable/shrunken": lambda s, i: scenario_vanishing_universe(s),
+    "ingest restart after 1-6 min down": lambda s, i: scenario_restart_after_downtime(s, _RNG.randint(1, 6)),
+    "exchangeInfo 429/418 (Retry-After)": lambda s, i: scenario_rest_bans(s),
+    "broker never acknowledges -> exit, restart": lambda s, i: scenario_unacknowledged_klines(s),
+}
 
 
 @pytest.mark.stress
 @pytest.mark.kafka
 @pytest.mark.timeout(0)
-def test_stress_restart_after_downtime(settings):
-    rng = random.Random(20)
-    _repeat("ingest restart after 1-6 min down", settings,
-            lambda s, i: scenario_restart_after_downtime(s, down_minutes=rng.randint(1, 6)))
-
-
-@pytest.mark.stress
-@pytest.mark.kafka
-@pytest.mark.timeout(0)
-def test_stress_rest_bans(settings):
-    _repeat("exchangeInfo 429/418 (Retry-After)", settings, lambda s, i: scenario_rest_bans(s))
-
-
-@pytest.mark.stress
-@pytest.mark.kafka
-@pytest.mark.timeout(0)
-def test_stress_unacknowledged_klines(settings):
-    _repeat("broker never acknowledges -> exit, restart", settings, lambda s, i: scenario_unacknowledged_klines(s))
+@pytest.mark.parametrize("name", list(SCENARIOS))
+def test_fault_matrix(settings, name):
+    _repeat(name, settings, SCENARIOS[name])
