@@ -58,6 +58,39 @@ def ensure_topics(settings: Settings, bases: Iterable[str] | None = None, timeou
     return [topic(settings, b) for b in bases]
 
 
+class TopicMismatch(RuntimeError):
+    """An existing topic whose layout (partitions) the app cannot work with."""
+
+
+def ensure_exact_topics(settings: Settings, names: dict[str, int], config: dict[str, str] | None = None,
+                        timeout: float = 30.0) -> None:
+    """Create the topics {name: partitions} that do not exist yet (with `config`), and refuse (TopicMismatch)
+    one that exists with another partition count.
+
+    For changelogs: a worker that subscribes before its table's changelog exists recovers nothing from
+    it (Faust logs "Ignoring missing topic" and carries on with an empty table), and a changelog with
+    other partitions than its source topic scatters a symbol's state. Both are silent; this is loud.
+    """
+    adm = admin(settings)
+    md = adm.list_topics(timeout=timeout).topics
+    for name, partitions in names.items():
+        if name in md and md[name].partitions and len(md[name].partitions) != partitions:
+            raise TopicMismatch(f"topic {name} has {len(md[name].partitions)} partitions, the app needs {partitions} "
+                                f"(SMC_PARTITIONS): delete it or run with the partition count it was made with")
+    new = [NewTopic(n, num_partitions=p, replication_factor=1, config=dict(config or {}))
+           for n, p in names.items() if n not in md]
+    if new:
+        for _name, fut in adm.create_topics(new, operation_timeout=timeout).items():
+            try:
+                fut.result()
+            except KafkaException as exc:
+                if "TOPIC_ALREADY_EXISTS" not in str(exc):
+                    raise
+        _wait_topics(adm, [t.topic for t in new], timeout)
+        # a concurrent creator may have used another partition count: check what exists now
+        ensure_exact_topics(settings, {t.topic: t.num_partitions for t in new}, config, timeout)
+
+
 def _wait_topics(adm: AdminClient, names: list[str], timeout: float) -> None:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:

@@ -12,6 +12,7 @@ import os
 import sys
 
 from infra.settings import load_settings
+from schemas import topic_name
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -24,8 +25,17 @@ def main(argv: list[str] | None = None) -> int:
     from processors.app import create_app
     from processors.diagnostics import install_sigusr1_dump
     from processors.gc_tuning import freeze_startup_objects
+    from infra.kafka_io import TopicMismatch, ensure_exact_topics, ensure_topics
     settings = load_settings(args.config)
     app = create_app(settings)
+    # topics before tables: every topic and changelog exists, with its partitions, before Faust subscribes
+    try:
+        ensure_topics(settings, ["klines", "signals", "dlq"])
+        ensure_exact_topics(settings, {n: p for n, p in app.smc_changelogs.items()}, {"cleanup.policy": "compact"})
+        ensure_exact_topics(settings, {topic_name("klines", settings.namespace): settings.partitions})
+    except TopicMismatch as exc:
+        print(f"processors worker: {exc}", file=sys.stderr)
+        return 2
     debug_loggers = [n for n in os.environ.get("SMC_DEBUG_LOGGERS", "").split(",") if n]
     level = args.loglevel.upper()
 

@@ -106,6 +106,9 @@ def create_app(settings: Settings) -> faust.App:
     # (Faust consumes meanwhile)
     stats = {"klines": 0, "signals": 0, "rejects": 0, "batches": 0, "partitions": 0, "process_s": 0.0, "deliver_s": 0.0}
     app.smc_stats = stats  # type: ignore[attr-defined]
+    # the tables' changelogs, created (compacted) before the worker subscribes: processors.__main__
+    app.smc_changelogs = {state_table.changelog_topic.get_topic_name(): settings.partitions,  # type: ignore[attr-defined]
+                          htf_table.changelog_topic.get_topic_name(): settings.partitions}
 
     delivery = BatchDelivery(settings, client_id=app_id(settings))
     signals_topic = signals.get_topic_name()

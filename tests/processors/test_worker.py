@@ -243,3 +243,38 @@ def test_take_over_in_the_middle_of_rebalances(s1h):
     assert not missing and not extra, f"missing {len(missing)}, extra {len(extra)}"
     # records in flight across a rebalance may be processed twice (at-least-once), never differently
     assert all(raw == expected[sid] for sid, raws in got.items() for raw in raws)
+
+
+@pytest.mark.kafka
+@pytest.mark.timeout(180)
+def test_topics_before_tables_changelogs_exist_and_a_mismatch_refuses_to_start(settings):
+    """Every changelog exists, compacted, with the topic's partitions before Faust subscribes (a worker
+    that subscribed first recovered nothing: issue 13); one with other partitions stops the worker."""
+    from confluent_kafka.admin import ConfigResource
+    from infra.kafka_io import admin, ensure_exact_topics
+    from processors.app import app_id
+    changelogs = [f"{app_id(settings)}-{t}-changelog" for t in ("symbol-state", "htf-bars")]
+    w = Worker(settings, "w-topics")
+    try:
+        deadline = time.monotonic() + 90
+        while time.monotonic() < deadline:
+            md = admin(settings).list_topics(timeout=10).topics
+            if all(c in md for c in changelogs):
+                break
+            assert w.alive(), w.tail()
+            time.sleep(0.2)
+        md = admin(settings).list_topics(timeout=10).topics
+        assert all(len(md[c].partitions) == settings.partitions for c in changelogs)
+        adm = admin(settings)          # keep the client alive until its futures resolve
+        res = adm.describe_configs([ConfigResource("topic", c) for c in changelogs])
+        for fut in res.values():
+            assert fut.result(timeout=30)["cleanup.policy"].value == "compact"
+    finally:
+        w.stop()
+    other = settings.with_(namespace=settings.namespace + "x")
+    bad = f"{app_id(other)}-htf-bars-changelog"
+    ensure_exact_topics(other, {bad: 2}, {"cleanup.policy": "compact"})
+    w2 = Worker(other, "w-mismatch")
+    assert w2.proc.wait(120) == 2
+    w2.stop()
+    assert f"topic {bad} has 2 partitions, the app needs {settings.partitions}" in w2.tail()
