@@ -9,9 +9,12 @@
   clientAlgoId, reduceOnly). Client ids come from schemas.trading.client_order_id(signal_id, leg).
 * Send once: before sending, every id is looked up (GET /fapi/v1/order?origClientOrderId= or
   GET /fapi/v1/algoOrder?clientAlgoId=): after a crash-restart the same id is re-submitted by the
-  deterministic engine and must not become a second order. After a timeout or -1006/-1007 (outcome
-  unknown) the id is looked up again and the order is re-sent only if the exchange says it does
-  not exist (-2013). -1021 (timestamp outside recvWindow) resyncs the clock from /fapi/v1/time and
+  deterministic engine and must not become a second order. After an unknown outcome (client
+  timeout, HTTP 5xx, -1000, -1006, -1007: Binance: "the request may have been executed") the id is
+  looked up repeatedly and NOT re-sent while the original request can still execute: Binance
+  refuses a request that reaches it after `timestamp + recvWindow`, so "not found" only means "not
+  executed" once that moment (exchange clock) plus `unknown_margin_s` has passed. Only then is the
+  order re-sent, deliberately, with the SAME client id (once). -1021 (timestamp outside recvWindow) resyncs the clock from /fapi/v1/time and
   retries once (the exchange rejected the request unprocessed, so that is safe).
 * Limits: X-MBX-USED-WEIGHT-1M and X-MBX-ORDER-COUNT-10S/1M are read from every answer; a request
   waits when the next one would cross `weight_limit` / `orders_10s` / `orders_1m` (a safety margin
@@ -54,7 +57,7 @@ class BinanceError(BrokerError):
 
 
 class UnknownOutcome(BinanceError):
-    """Timeout, -1006, -1007: the request may or may not have been executed."""
+    """Timeout, HTTP 5xx, -1000, -1006, -1007: the request may or may not have been executed."""
 
 
 class TimestampOutsideRecvWindow(BinanceError):      # -1021
@@ -104,7 +107,7 @@ class IpBanned(BinanceError):                        # HTTP 418
 
 
 ERRORS: dict[int, type[BinanceError]] = {
-    -1006: UnknownOutcome, -1007: UnknownOutcome, -1003: RateLimited, -1021: TimestampOutsideRecvWindow,
+    -1000: UnknownOutcome, -1006: UnknownOutcome, -1007: UnknownOutcome, -1003: RateLimited, -1021: TimestampOutsideRecvWindow,
     -1022: InvalidSignature, -2014: InvalidApiKey, -2015: InvalidApiKey, -1121: InvalidSymbol,
     -2019: InsufficientMargin, -2010: OrderRejected, -2021: OrderRejected, -2022: OrderRejected,
     -2011: CancelRejected, -2013: NoSuchOrder, -4164: OrderRejected, -4116: OrderRejected,
@@ -116,6 +119,9 @@ def error_for(code: int, msg: str, http_status: int, endpoint: str, retry_after:
         return IpBanned(code, msg, http_status, endpoint)
     if http_status == 429 or code == -1003:
         return RateLimited(code, msg, http_status, endpoint, retry_after=retry_after)
+    if http_status >= 500 and code not in ERRORS:
+        # Binance: a 5XX "is NOT a failure": the execution status is unknown
+        return UnknownOutcome(code, msg, http_status, endpoint)
     cls = ERRORS.get(code)
     if cls is None:
         cls = BadRequest if -1200 < code <= -1100 or -5000 < code <= -4000 else BinanceError
@@ -148,6 +154,7 @@ class BinanceClient:
         self.max_retry_after = max_retry_after
         self.clock, self.sleep = clock, sleep
         self.time_offset_ms = 0
+        self.last_timestamp_ms = 0      # `timestamp` of the last signed request (bounds when it can still execute)
         self.used_weight_1m = 0
         self.order_count_10s = 0
         self.order_count_1m = 0
@@ -164,7 +171,7 @@ class BinanceClient:
     def signed_query(self, params: dict[str, Any]) -> str:
         q = dict(params)
         q["recvWindow"] = self.recv_window
-        q["timestamp"] = self._now_ms()
+        q["timestamp"] = self.last_timestamp_ms = self._now_ms()
         qs = urllib.parse.urlencode([(k, v) for k, v in q.items() if v is not None])
         return f"{qs}&signature={sign(self.__secret, qs)}"
 
@@ -266,9 +273,12 @@ REJECTIONS = (InvalidSymbol, InsufficientMargin, OrderRejected, BadRequest, NoSu
 class BinanceBroker(Broker):
     name = "binance"
 
-    def __init__(self, client: BinanceClient, taker_fee: float = 0.0005) -> None:
+    def __init__(self, client: BinanceClient, taker_fee: float = 0.0005, unknown_margin_s: float = 1.0,
+                 lookup_interval_s: float = 0.25) -> None:
         self.client = client
         self.taker_fee = taker_fee
+        self.unknown_margin_s = unknown_margin_s      # beyond timestamp + recvWindow (clock error, queues)
+        self.lookup_interval_s = lookup_interval_s
         self.resting: dict[str, Order] = {}          # conditional orders live at the exchange
         self.sends = 0                               # POSTs of new orders (tests: never a second one)
 
@@ -369,19 +379,43 @@ class BinanceBroker(Broker):
         return evs
 
     def _send(self, path: str, params: dict, lookup: Callable[[], dict | None]) -> dict:
-        """POST once; on an unknown outcome look the id up and resend only if it does not exist."""
+        """POST once; after an unknown outcome resolve it by lookup, resend (same id) only once the
+        original can no longer execute. Raises UnknownOutcome if it stays unresolvable."""
+        cid = params.get("newClientOrderId") or params.get("clientAlgoId")
         for attempt in (1, 2):
             self.sends += 1
             try:
                 return self.client.request("POST", path, params, is_order=True)
             except UnknownOutcome as exc:
-                log.warning("%s: outcome unknown (%s); looking %s up", path, exc.code, params.get("newClientOrderId") or params.get("clientAlgoId"))
-                found = lookup()          # may raise UnknownOutcome again: then we stop here
+                sent_ts = self.client.last_timestamp_ms
+                log.warning("%s %s: outcome unknown (%s); looking it up until it can no longer execute",
+                            path, cid, exc.code)
+                found, resolved = self._resolve(sent_ts, lookup)
                 if found is not None:
                     return found
-                if attempt == 2:
+                if not resolved or attempt == 2:
                     raise
+                log.warning("%s %s: not executed (timestamp + recvWindow passed): sent again with the same id", path, cid)
         raise AssertionError("unreachable")
+
+    def _resolve(self, sent_ts_ms: int, lookup: Callable[[], dict | None]) -> tuple[dict | None, bool]:
+        """(order, True) when found; (None, True) when provably never executed; (None, False) when the
+        lookups themselves kept failing past the deadline (still unknown)."""
+        deadline_ms = sent_ts_ms + self.client.recv_window + int(self.unknown_margin_s * 1000)
+        while True:
+            past = self.client._now_ms() >= deadline_ms     # decided BEFORE the lookup: a miss after it is final
+            try:
+                found = lookup()
+            except BinanceError as exc:        # NoSuchOrder is a None from lookup(); anything else: no answer
+                log.warning("lookup failed (%s): still unknown", exc.code)
+                found, ok = None, False
+            else:
+                ok = True
+            if found is not None:
+                return found, True
+            if past:
+                return None, ok
+            self.client.sleep(min(self.lookup_interval_s, max(0.0, (deadline_ms - self.client._now_ms()) / 1000)))
 
     def cancel(self, order: Order, ts: int) -> list:
         self.resting.pop(order.client_order_id, None)
