@@ -24,6 +24,9 @@ class ExecutorConfig:
     record_flat: bool = True            # a Decision(skip, flat) for every flat bar (the audit trail's "why not")
     equity_every_bar: bool = False      # an Equity record per bar, not only when the account changed
     exchange_info: str = ""             # path of an exchangeInfo JSON (tick/step/min notional); "" = generic
+    # bound on the wall time from an entry fill to its stop's acknowledgement (alert beyond it). With an
+    # unknown outcome the broker looks the stop up for up to recvWindow (5 s) + margin (1 s): keep it above.
+    protect_within_ms: int = 8_000
 
 
 def config_from_env(start_equity: float, env: dict | None = None) -> ExecutorConfig:
@@ -45,4 +48,5 @@ def config_from_env(start_equity: float, env: dict | None = None) -> ExecutorCon
     return ExecutorConfig(start_equity=start_equity, strategy=strategy, exits=exits, paper=paper,
                           record_flat=g("SMC_EXEC_RECORD_FLAT", "1").lower() in ("1", "true", "yes"),
                           equity_every_bar=g("SMC_EXEC_EQUITY_EVERY_BAR", "0").lower() in ("1", "true", "yes"),
-                          exchange_info=g("SMC_EXEC_EXCHANGE_INFO", ""))
+                          exchange_info=g("SMC_EXEC_EXCHANGE_INFO", ""),
+                          protect_within_ms=int(g("SMC_EXEC_PROTECT_WITHIN_MS", 8_000)))

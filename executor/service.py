@@ -42,7 +42,7 @@ from infra.settings import Settings
 from schemas.codec import encode
 from schemas.errors import SchemaError
 from schemas.signal import decode_signal
-from schemas.trading import Decision, Equity, Fill, Order, Position
+from schemas.trading import Alert, Decision, Equity, Fill, Order, Position
 
 log = logging.getLogger("smc.executor")
 
@@ -126,7 +126,8 @@ class EventTimeMerge:
 
 STATE_TOPIC = "executor-state"
 COMMANDS_TOPIC = "executor-commands"
-OUTPUT_TOPICS = {Decision: "decisions", Order: "orders", Fill: "fills", Position: "positions", Equity: "equity"}
+OUTPUT_TOPICS = {Decision: "decisions", Order: "orders", Fill: "fills", Position: "positions", Equity: "equity",
+                 Alert: "alerts"}
 
 
 @dataclass
@@ -157,7 +158,7 @@ def make_broker(settings: Settings, cfg: ExecutorConfig, live: bool = False) -> 
 
 
 def ensure_executor_topics(settings: Settings) -> None:
-    kafka_io.ensure_topics(settings, ["signals", "decisions", "orders", "fills", "positions", "equity", "dlq"])
+    kafka_io.ensure_topics(settings, ["signals", "decisions", "orders", "fills", "positions", "equity", "alerts", "dlq"])
     adm = kafka_io.admin(settings)
     existing = set(adm.list_topics(timeout=30).topics)
     new = []
