@@ -27,6 +27,7 @@ class ExecutorConfig:
     # bound on the wall time from an entry fill to its stop's acknowledgement (alert beyond it). With an
     # unknown outcome the broker looks the stop up for up to recvWindow (5 s) + margin (1 s): keep it above.
     protect_within_ms: int = 8_000
+    halt_after_failures: int = 5        # consecutive exchange errors that halt new entries (auth/ban: at once)
 
 
 def config_from_env(start_equity: float, env: dict | None = None) -> ExecutorConfig:
@@ -49,4 +50,5 @@ def config_from_env(start_equity: float, env: dict | None = None) -> ExecutorCon
                           record_flat=g("SMC_EXEC_RECORD_FLAT", "1").lower() in ("1", "true", "yes"),
                           equity_every_bar=g("SMC_EXEC_EQUITY_EVERY_BAR", "0").lower() in ("1", "true", "yes"),
                           exchange_info=g("SMC_EXEC_EXCHANGE_INFO", ""),
-                          protect_within_ms=int(g("SMC_EXEC_PROTECT_WITHIN_MS", 8_000)))
+                          protect_within_ms=int(g("SMC_EXEC_PROTECT_WITHIN_MS", 8_000)),
+                          halt_after_failures=int(g("SMC_EXEC_HALT_AFTER_FAILURES", 5)))

@@ -75,6 +75,10 @@ class Engine:
         self.stats = EngineStats()
         self._done: dict[str, Order] = {}
         self._changed = False
+        self._last_error = ""
+        self.halted = ""                           # why new entries are stopped ("" = trading); operator resumes
+        self.failures = 0                          # consecutive broker errors (halt at cfg.halt_after_failures)
+        self._pending_alerts: list = []            # raised outside process() (commands), emitted at the next bar
         self.clock = clock                         # wall clock for the naked-position bound only
         self._unprotected_since: dict[str, float] = {}   # position_id -> clock() at entry fill, until a stop is NEW
 
@@ -92,9 +96,16 @@ class Engine:
         pf = self.portfolio
         pf.roll_day(sig.close_time)
 
-        self._apply(self.broker.on_bar_open(sig), sig, out, wall_ts)
+        out += self._pending_alerts
+        self._pending_alerts = []
+        # on_bar_open is local for the live broker (MARKET orders fill in the REST answer): its success
+        # says nothing about the exchange, so it does not reset the consecutive-failure count
+        self._apply(self._broker_call("on_bar_open", self.broker.on_bar_open, sig, sig=sig, out=out, wall_ts=wall_ts,
+                                      counts_as_success=False),
+                    sig, out, wall_ts)
         self._funding(sig, out)
-        self._apply(self.broker.on_bar_range(sig), sig, out, wall_ts)
+        self._apply(self._broker_call("on_bar_range", self.broker.on_bar_range, sig, sig=sig, out=out, wall_ts=wall_ts),
+                    sig, out, wall_ts)
         pf.mark(sig.symbol, sig.close)
         self._enforce_protection_bound(sig, out, wall_ts)
         self._time_exits(sig, out, wall_ts)
@@ -104,9 +115,15 @@ class Engine:
         return out
 
     def command(self, cmd: dict) -> None:
-        """Operator commands: {"cmd": "flatten", "symbol": "BTCUSDT" | "*"}."""
+        """Operator commands: {"cmd": "flatten", "symbol": "BTCUSDT" | "*"}, {"cmd": "resume"} (after a halt)."""
         if cmd.get("cmd") == "flatten":
             self.flatten.add(str(cmd.get("symbol") or "*"))
+        elif cmd.get("cmd") == "resume":
+            if self.halted:
+                log.warning("trading RESUMED by the operator (was halted: %s)", self.halted)
+                self._pending_alerts.append(make_alert("resumed", "*", "", "", max(self.last_bar.values(), default=0),
+                                                       f"operator resume; was: {self.halted}"))
+            self.halted, self.failures = "", 0
         else:
             raise ValueError(f"unknown command {cmd.get('cmd')!r}")
 
@@ -117,6 +134,8 @@ class Engine:
         view = AccountView(equity=pf.equity(), day_start_equity=pf.day_start_equity,
                            symbols_in_position=pf.symbols_in_position(), open_positions=pf.open_count())
         d = decide(sig, view, inst, self.cfg.strategy)
+        if d.action == "enter" and self.halted:
+            d = dataclasses.replace(d, action="skip", reason="halted", sizing=None)
         if d.reason == "flat" and not self.cfg.record_flat:
             return
         sz = d.sizing
@@ -184,14 +203,44 @@ class Engine:
     def _submit(self, order: Order, pos: PositionState, sig: Signal, out: list, wall_ts: int) -> None:
         self.orders[order.client_order_id] = order
         self.stats.orders += 1
-        try:
-            events = self.broker.submit(order, order.ts, timeframe=pos.timeframe, position_side=pos.side)
-        except BrokerError as exc:
-            # an exchange error never escapes the engine: the order is recorded as rejected (no
-            # retry here), protection and the service's halt logic take it from there
-            self._alert(out, "broker_error", order, f"{order.leg}: {exc}", wall_ts)
-            events = [OrderUpdate(order.client_order_id, "REJECTED", order.ts, reason=f"broker_error: {exc}"[:200])]
+        events = self._broker_call("submit", self.broker.submit, order, order.ts, timeframe=pos.timeframe,
+                                   position_side=pos.side, sig=sig, out=out, wall_ts=wall_ts, order=order)
+        if events is None:
+            # the exchange error is recorded as a rejection (no retry here); protection and the halt
+            # rule take it from there
+            events = [OrderUpdate(order.client_order_id, "REJECTED", order.ts, reason=f"broker_error: {self._last_error}"[:200])]
         self._apply(events, sig, out, wall_ts)
+
+    # --- exchange errors: never out of the engine ----------------------------------------------
+    def _broker_call(self, what: str, fn, *args, sig: Signal, out: list, wall_ts: int, order: Order | None = None,
+                     counts_as_success: bool = True, **kw):
+        """fn(*args, **kw); on a BrokerError: an alert, the failure counted (halt on an auth/ban error or
+        on `halt_after_failures` in a row), and None for submit / [] for the event polls."""
+        try:
+            events = fn(*args, **kw)
+        except BrokerError as exc:
+            self._last_error = str(exc)
+            self.failures += 1
+            ctx = order or Order(client_order_id="", signal_id=sig.signal_id, symbol=sig.symbol, leg="entry",
+                                 side="BUY", type="MARKET", qty=1.0, price=0.0, reduce_only=False, status="NEW",
+                                 ts=sig.close_time)
+            self._alert(out, "broker_error", ctx, f"{what} {ctx.leg if order else ''}: {exc}", wall_ts)
+            if getattr(exc, "halt", False):
+                self._halt(f"{exc}", ctx, out, wall_ts)
+            elif self.failures >= self.cfg.halt_after_failures:
+                self._halt(f"{self.failures} exchange errors in a row, last: {exc}", ctx, out, wall_ts)
+            return None if what == "submit" else []
+        if counts_as_success:
+            self.failures = 0
+        return events
+
+    def _halt(self, why: str, ctx: Order, out: list, wall_ts: int) -> None:
+        if self.halted:
+            return
+        self.halted = why[:300]
+        log.critical("TRADING HALTED: %s. No new entries; open positions are still managed (stops, exits). "
+                     "Fix the cause, then resume with the operator command {\"cmd\": \"resume\"}.", why)
+        self._alert(out, "halted", ctx, why, wall_ts)
 
     # --- protection ------------------------------------------------------------------------
     def _alert(self, out: list, kind: str, order: Order, detail: str, wall_ts: int) -> None:
@@ -241,8 +290,8 @@ class Engine:
     def _cancel_siblings(self, pos: PositionState, sig: Signal, out: list, wall_ts: int, ts: int) -> None:
         for cid, o in list(self.orders.items()):
             if o.signal_id == pos.signal_id and o.leg in ("stop", "stop2", "target", "exit"):
-                evs = self.broker.cancel(o, ts)
-                if not evs:       # the broker no longer knows it: it is gone
+                evs = self._broker_call("cancel", self.broker.cancel, o, ts, sig=sig, out=out, wall_ts=wall_ts, order=o)
+                if not evs:       # the broker no longer knows it (or failed: a leftover is reduce-only): gone
                     evs = [OrderUpdate(cid, "CANCELED", ts, "gone")]
                 self._apply(evs, sig, out, wall_ts)
 
@@ -342,7 +391,7 @@ class Engine:
     def to_dict(self) -> dict:
         return {"portfolio": self.portfolio.to_dict(), "broker": self.broker.to_dict(),
                 "orders": [dataclasses.asdict(o) for o in self.orders.values()],
-                "last_bar": self.last_bar, "flatten": sorted(self.flatten),
+                "last_bar": self.last_bar, "flatten": sorted(self.flatten), "halted": self.halted,
                 "instruments": {k: v.to_dict() for k, v in self.instruments.known.items()},
                 "stats": dataclasses.asdict(self.stats)}
 
@@ -353,6 +402,7 @@ class Engine:
         self.orders = {o["client_order_id"]: decode_order(o) for o in d.get("orders", [])}
         self.last_bar = {k: int(v) for k, v in d.get("last_bar", {}).items()}
         self.flatten = set(d.get("flatten", []))
+        self.halted = str(d.get("halted", ""))
         for k, v in d.get("instruments", {}).items():
             self.instruments.known.setdefault(k, Instrument(**v))
         self.stats = EngineStats(**d.get("stats", {}))

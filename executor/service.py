@@ -33,7 +33,7 @@ import orjson
 from confluent_kafka import OFFSET_BEGINNING, KafkaError, KafkaException, TopicPartition
 from confluent_kafka.admin import NewTopic
 
-from executor.brokers.base import Broker
+from executor.brokers.base import Broker, BrokerError
 from executor.config import ExecutorConfig, config_from_env
 from executor.engine import Engine
 from executor.instruments import InstrumentBook, load_exchange_info
@@ -275,9 +275,17 @@ class ExecutorService:
             c.close()
 
     def _reconcile(self) -> None:
+        """Compare the restored state with the exchange. An exchange error here must not end the process
+        (a restart would meet it again: a crash loop): new entries halt until the operator resumes."""
         rec = getattr(self.broker, "reconcile", None)
         if rec is not None:
-            report = rec(self.engine)
+            try:
+                report = rec(self.engine)
+            except BrokerError as exc:
+                self.engine.halted = f"start-up reconciliation failed: {exc}"[:300]
+                log.critical("TRADING HALTED: %s. Open positions are still managed; resume with "
+                             "{\"cmd\": \"resume\"} once the exchange answers.", self.engine.halted)
+                return
             if report:
                 log.warning("reconciliation with the exchange: %s", report)
 

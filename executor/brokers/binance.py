@@ -49,10 +49,13 @@ TESTNET_URL = "https://testnet.binancefuture.com"
 
 # --- errors -------------------------------------------------------------------------------------
 class BinanceError(BrokerError):
-    """An error answer from Binance: `code` (Binance's), `http_status`, the endpoint (no parameters)."""
+    """An error answer from Binance: `code` (Binance's), `http_status`, the endpoint (no parameters).
+    `error_class` says what to do about it (see error_class()); `halt` is read by the engine."""
 
     def __init__(self, code: int, msg: str, http_status: int = 0, endpoint: str = "") -> None:
         self.code, self.msg, self.http_status, self.endpoint = code, msg, http_status, endpoint
+        self.error_class = error_class(code, http_status)
+        self.halt = self.error_class == HALT
         super().__init__(f"Binance {code} (HTTP {http_status}) on {endpoint}: {msg}")
 
 
@@ -114,6 +117,25 @@ ERRORS: dict[int, type[BinanceError]] = {
 }
 
 
+# --- error classes: what the executor does about an error (one table, pure) ---------------------------
+RETRY, UNKNOWN, REJECTED, HALT = "retry", "outcome_unknown", "rejected", "halt"
+HALT_CODES = (-1022, -2014, -2015)          # signature / API key / permissions: nothing will work until fixed
+RETRY_CODES = (-1003, -1021)                # too many requests; timestamp (resync the clock, then retry)
+UNKNOWN_CODES = (-1000, -1006, -1007)       # "execution status unknown"
+
+
+def error_class(code: int, http_status: int) -> str:
+    """retry (with backoff) | outcome_unknown (reconcile by lookup) | rejected (record, no retry) | halt
+    (no new entries until an operator resumes). HTTP status decides first where Binance says it does."""
+    if http_status == 418 or code in HALT_CODES or http_status == 401:
+        return HALT
+    if http_status == 429 or code in RETRY_CODES:
+        return RETRY
+    if code in UNKNOWN_CODES or (http_status >= 500 and code not in ERRORS):
+        return UNKNOWN
+    return REJECTED
+
+
 def error_for(code: int, msg: str, http_status: int, endpoint: str, retry_after: float = 0.0) -> BinanceError:
     if http_status == 418:
         return IpBanned(code, msg, http_status, endpoint)
@@ -144,6 +166,7 @@ def fmt(x: float) -> str:
 class BinanceClient:
     def __init__(self, base_url: str, api_key: str, api_secret: str, *, recv_window: int = 5000, timeout: float = 10.0,
                  weight_limit: int = 2000, orders_10s: int = 250, orders_1m: int = 1000, max_retry_after: float = 30.0,
+                 max_retries: int = 3, backoff_s: float = 0.5,
                  clock: Callable[[], float] = time.time, sleep: Callable[[float], None] = time.sleep) -> None:
         self.base_url = base_url.rstrip("/")
         self.__key = api_key
@@ -152,6 +175,7 @@ class BinanceClient:
         self.timeout = timeout
         self.weight_limit, self.orders_10s_limit, self.orders_1m_limit = weight_limit, orders_10s, orders_1m
         self.max_retry_after = max_retry_after
+        self.max_retries, self.backoff_s = max_retries, backoff_s
         self.clock, self.sleep = clock, sleep
         self.time_offset_ms = 0
         self.last_timestamp_ms = 0      # `timestamp` of the last signed request (bounds when it can still execute)
@@ -215,7 +239,7 @@ class BinanceClient:
                     pass
 
     def request(self, method: str, path: str, params: dict[str, Any] | None = None, *, signed: bool = True,
-                weight: int = 1, is_order: bool = False, _retried: bool = False) -> Any:
+                weight: int = 1, is_order: bool = False, _retried: bool = False, _attempt: int = 0) -> Any:
         self._throttle(is_order, weight)
         if signed:
             qs = self.signed_query(params or {})
@@ -256,12 +280,31 @@ class BinanceClient:
         log.info("<- %s failed: %s", endpoint, err)
         if isinstance(err, TimestampOutsideRecvWindow) and signed and not _retried:
             self.sync_time()
-            return self.request(method, path, params, signed=signed, weight=weight, is_order=is_order, _retried=True)
-        if isinstance(err, RateLimited) and not _retried and err.retry_after <= self.max_retry_after:
-            self.waited_s += err.retry_after
-            self.sleep(err.retry_after)
-            return self.request(method, path, params, signed=signed, weight=weight, is_order=is_order, _retried=True)
+            return self.request(method, path, params, signed=signed, weight=weight, is_order=is_order, _retried=True,
+                                _attempt=_attempt)
+        wait = self.retry_wait(err, method, _attempt)
+        if wait is not None:
+            log.warning("%s: %s; retry %d/%d in %.1f s", endpoint, err.code, _attempt + 1, self.max_retries, wait)
+            self.waited_s += wait
+            self.sleep(wait)
+            return self.request(method, path, params, signed=signed, weight=weight, is_order=is_order, _retried=_retried,
+                                _attempt=_attempt + 1)
         raise err from None
+
+    def retry_wait(self, err: BinanceError, method: str, attempt: int) -> float | None:
+        """Seconds to wait before retrying `err`, or None to give up. Rate limits wait Retry-After (else an
+        exponential backoff), up to `max_retries` and never longer than `max_retry_after`; a GET that met a
+        5xx or a dead connection is retried the same way (it changes nothing); an order POST never is
+        here: its outcome is unknown and only a lookup may decide (BinanceBroker._send)."""
+        if attempt >= self.max_retries:
+            return None
+        backoff = self.backoff_s * (2 ** attempt)
+        if isinstance(err, RateLimited):
+            wait = err.retry_after if err.retry_after > 0 else backoff
+            return wait if wait <= self.max_retry_after else None
+        if method == "GET" and (err.http_status >= 500 or err.code == -1):   # not a timeout: that already waited
+            return backoff
+        return None
 
 
 # --- the broker -------------------------------------------------------------------------------------
@@ -352,6 +395,10 @@ class BinanceBroker(Broker):
             # still unknown after a lookup: reconciliation decides later; the engine keeps it live
             log.error("order %s outcome unknown: %s", order.client_order_id, exc)
             return [OrderUpdate(order.client_order_id, "NEW", ts, reason="unknown_outcome")]
+        except BinanceError as exc:
+            if exc.error_class == REJECTED:          # e.g. -5000 / HTTP 404: not executed, no retry
+                return [OrderUpdate(order.client_order_id, "REJECTED", ts, reason=f"{exc.code} {exc.msg}"[:200])]
+            raise                                    # halt-class or retries exhausted: the engine decides
 
     def _submit_market(self, order: Order, ts: int) -> list:
         found = self.lookup_order(order.symbol, order.client_order_id)
