@@ -30,7 +30,7 @@ from typing import Callable
 from executor.brokers.base import Broker, BrokerError, FillEvent, OrderUpdate
 from executor.config import ExecutorConfig
 from executor.exits import time_exit
-from executor.instruments import InstrumentBook
+from executor.instruments import FilterViolation, InstrumentBook, conform
 from executor.portfolio import Portfolio, PositionState
 from executor.protection import STOP_LEGS, next_protective_step
 from executor.strategy import AccountView, decide
@@ -67,7 +67,7 @@ class Engine:
                  clock: Callable[[], float] = time.monotonic) -> None:
         self.cfg = cfg
         self.broker = broker
-        self.instruments = instruments or InstrumentBook()
+        self.instruments = instruments if instruments is not None else InstrumentBook.default()
         self.portfolio = Portfolio(cfg.start_equity)
         self.orders: dict[str, Order] = {}         # live (non-final) orders by client_order_id
         self.last_bar: dict[str, int] = {}         # "symbol|timeframe" -> last open_time processed
@@ -201,8 +201,20 @@ class Engine:
 
     # ------------------------------------------------------------------------------------------
     def _submit(self, order: Order, pos: PositionState, sig: Signal, out: list, wall_ts: int) -> None:
+        inst = self.instruments.known.get(order.symbol)
+        refused = ""
+        if inst is not None:
+            try:
+                qty, price = conform(inst, order.type, order.qty, order.price)
+                if (qty, price) != (order.qty, order.price):
+                    order = dataclasses.replace(order, qty=qty, price=price)
+            except FilterViolation as exc:
+                refused = str(exc)
         self.orders[order.client_order_id] = order
         self.stats.orders += 1
+        if refused:                # never sent: the exchange would refuse it for this filter
+            self._apply([OrderUpdate(order.client_order_id, "REJECTED", order.ts, reason=refused[:200])], sig, out, wall_ts)
+            return
         events = self._broker_call("submit", self.broker.submit, order, order.ts, timeframe=pos.timeframe,
                                    position_side=pos.side, sig=sig, out=out, wall_ts=wall_ts, order=order)
         if events is None:

@@ -182,7 +182,9 @@ class ExecutorService:
         self.settings = settings
         self.cfg = cfg or config_from_env(settings.equity)
         self.broker = broker or make_broker(settings, self.cfg, live)
-        book = InstrumentBook(load_exchange_info(self.cfg.exchange_info) if self.cfg.exchange_info else {})
+        generic = self.cfg.generic_instruments and self.settings.broker == "paper"   # never generic for real orders
+        book = InstrumentBook(load_exchange_info(self.cfg.exchange_info), generic) if self.cfg.exchange_info \
+            else InstrumentBook.default(generic)
         self.engine = Engine(self.cfg, self.broker, book)
         self.batch_max = batch_max
         self.stats = RunStats()
