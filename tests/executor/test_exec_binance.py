@@ -14,19 +14,7 @@ from executor.engine import Engine
 from executor.instruments import InstrumentBook, load_exchange_info
 from infra.settings import Settings
 from schemas.trading import Order, Position, client_order_id
-from tests.fakes.fake_binance_trading import FakeBinanceTrading
-from exec_helpers import EXCHANGE_INFO, MIN, T0, bar
-
-KEY = "test-api-key-0123456789"
-SECRET = "test-api-secret-abcdefghij"
-
-
-@pytest.fixture
-def fake():
-    f = FakeBinanceTrading(KEY, SECRET)
-    f.start()
-    yield f
-    f.stop()
+from exec_helpers import EXCHANGE_INFO, KEY, MIN, SECRET, T0, bar, fake  # noqa: F401  (fake: fixture)
 
 
 def make_broker(fake, **kw) -> BinanceBroker:

@@ -5,9 +5,6 @@ from __future__ import annotations
 
 import exec_helpers  # noqa: F401  (first: makes `executor` the real package, see its docstring)
 
-from pathlib import Path
-
-import orjson
 import pytest
 
 from executor.brokers.base import BrokerError
@@ -20,16 +17,8 @@ from executor.instruments import InstrumentBook, load_exchange_info
 from executor.service import ExecutorService
 from infra.settings import Settings
 from schemas.trading import Alert, Decision, Position
-from tests.fakes.fake_binance_trading import FakeBinanceTrading
-from exec_helpers import EXCHANGE_INFO, MIN, T0, bar
-
-KEY, SECRET = "test-api-key-0123456789", "test-api-secret-abcdefghij"
-DATA = Path(__file__).resolve().parents[1] / "data" / "binance"
-
-
-def body(code: int) -> dict:
-    (path,) = DATA.glob(f"error_{code}_*.json")
-    return orjson.loads(path.read_bytes())
+from exec_helpers import EXCHANGE_INFO, KEY, MIN, SECRET, T0, bar, fake  # noqa: F401  (fake: fixture)
+from exec_helpers import real_error as body
 
 
 @pytest.mark.parametrize("code,status,expected", [
@@ -57,14 +46,6 @@ def test_each_real_error_body_has_one_class(code, status, expected):
 def test_http_status_and_transport_classes(code, status, expected):
     assert error_class(code, status) == expected
     assert error_for(code, "x", status, "e").error_class == expected
-
-
-@pytest.fixture
-def fake():
-    f = FakeBinanceTrading(KEY, SECRET)
-    f.start()
-    yield f
-    f.stop()
 
 
 def engine_on(fake, sleep=None, **client_kw) -> Engine:

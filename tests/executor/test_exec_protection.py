@@ -6,9 +6,6 @@ from __future__ import annotations
 
 import exec_helpers  # noqa: F401  (first: makes `executor` the real package, see its docstring)
 
-from pathlib import Path
-
-import orjson
 import pytest
 
 from executor.brokers.base import Broker, BrokerError, FillEvent, OrderUpdate
@@ -19,16 +16,7 @@ from executor.instruments import InstrumentBook, load_exchange_info
 from executor.protection import corrected_stop, next_protective_step
 from schemas.audit import TABLES
 from schemas.trading import Alert, Order, Position, client_order_id, decode_alert, encode
-from tests.fakes.fake_binance_trading import FakeBinanceTrading
-from exec_helpers import EXCHANGE_INFO, MIN, T0, bar
-
-KEY, SECRET = "test-api-key-0123456789", "test-api-secret-abcdefghij"
-ERRORS = Path(__file__).resolve().parents[1] / "data" / "binance"
-
-
-def real_error(code: int) -> dict:
-    (path,) = ERRORS.glob(f"error_{code}_*.json")
-    return orjson.loads(path.read_bytes())
+from exec_helpers import EXCHANGE_INFO, KEY, MIN, SECRET, T0, bar, fake, real_error  # noqa: F401  (fake: fixture)
 
 
 def long_setup(t=T0):
@@ -58,14 +46,6 @@ def test_alert_has_an_audit_table_and_round_trips():
 
 
 # --- against the fake exchange ---------------------------------------------------------------------
-@pytest.fixture
-def fake():
-    f = FakeBinanceTrading(KEY, SECRET)
-    f.start()
-    yield f
-    f.stop()
-
-
 def engine_on(fake, **kw) -> Engine:
     b = BinanceBroker(BinanceClient(fake.base_url, KEY, SECRET, timeout=2.0, recv_window=1000), unknown_margin_s=0.3)
     return Engine(ExecutorConfig(**kw), b, InstrumentBook(load_exchange_info(EXCHANGE_INFO)))
