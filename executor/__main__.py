@@ -1,5 +1,6 @@
 """`python -m executor run [--until-idle] [--idle-s S] [--broker paper|binance] [--live]`
    `python -m executor flatten SYMBOL|*`   (operator command to the running executor)
+   `python -m executor resume`             (new entries again after a halt: auth/ban/repeated exchange errors)
 
 Settings come from the environment (SMC_*, see infra.settings) and the executor's own knobs from
 SMC_EXEC_* (see executor.config). Live trading needs BOTH SMC_LIVE_TRADING=1 and --live, plus
@@ -25,12 +26,17 @@ def main(argv: list[str] | None = None) -> int:
     run.add_argument("--live", action="store_true", help="real money: also needs SMC_LIVE_TRADING=1")
     fl = sub.add_parser("flatten", help="close the positions of a symbol (or *) at their next bar")
     fl.add_argument("symbol")
+    sub.add_parser("resume", help="allow new entries again after the executor halted trading")
     args = ap.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s %(message)s")
     settings = load_settings()
     if args.cmd == "flatten":
         from executor.service import send_command
         send_command(settings, {"cmd": "flatten", "symbol": args.symbol})
+        return 0
+    if args.cmd == "resume":
+        from executor.service import send_command
+        send_command(settings, {"cmd": "resume"})
         return 0
     if args.broker:
         settings = settings.with_(broker=args.broker)

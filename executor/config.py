@@ -23,7 +23,12 @@ class ExecutorConfig:
     paper: PaperConfig = field(default_factory=PaperConfig)
     record_flat: bool = True            # a Decision(skip, flat) for every flat bar (the audit trail's "why not")
     equity_every_bar: bool = False      # an Equity record per bar, not only when the account changed
-    exchange_info: str = ""             # path of an exchangeInfo JSON (tick/step/min notional); "" = generic
+    exchange_info: str = ""             # path of an exchangeInfo JSON; "" = the bundled real USD-M snapshot
+    generic_instruments: bool = False   # opt-in: symbols missing from exchangeInfo modelled generically (paper)
+    # bound on the wall time from an entry fill to its stop's acknowledgement (alert beyond it). With an
+    # unknown outcome the broker looks the stop up for up to recvWindow (5 s) + margin (1 s): keep it above.
+    protect_within_ms: int = 8_000
+    halt_after_failures: int = 5        # consecutive exchange errors that halt new entries (auth/ban: at once)
 
 
 def config_from_env(start_equity: float, env: dict | None = None) -> ExecutorConfig:
@@ -45,4 +50,7 @@ def config_from_env(start_equity: float, env: dict | None = None) -> ExecutorCon
     return ExecutorConfig(start_equity=start_equity, strategy=strategy, exits=exits, paper=paper,
                           record_flat=g("SMC_EXEC_RECORD_FLAT", "1").lower() in ("1", "true", "yes"),
                           equity_every_bar=g("SMC_EXEC_EQUITY_EVERY_BAR", "0").lower() in ("1", "true", "yes"),
-                          exchange_info=g("SMC_EXEC_EXCHANGE_INFO", ""))
+                          exchange_info=g("SMC_EXEC_EXCHANGE_INFO", ""),
+                          generic_instruments=g("SMC_EXEC_GENERIC_INSTRUMENTS", "0").lower() in ("1", "true", "yes"),
+                          protect_within_ms=int(g("SMC_EXEC_PROTECT_WITHIN_MS", 8_000)),
+                          halt_after_failures=int(g("SMC_EXEC_HALT_AFTER_FAILURES", 5)))

@@ -33,7 +33,7 @@ import orjson
 from confluent_kafka import OFFSET_BEGINNING, KafkaError, KafkaException, TopicPartition
 from confluent_kafka.admin import NewTopic
 
-from executor.brokers.base import Broker
+from executor.brokers.base import Broker, BrokerError
 from executor.config import ExecutorConfig, config_from_env
 from executor.engine import Engine
 from executor.instruments import InstrumentBook, load_exchange_info
@@ -42,7 +42,7 @@ from infra.settings import Settings
 from schemas.codec import encode
 from schemas.errors import SchemaError
 from schemas.signal import decode_signal
-from schemas.trading import Decision, Equity, Fill, Order, Position
+from schemas.trading import Alert, Decision, Equity, Fill, Order, Position
 
 log = logging.getLogger("smc.executor")
 
@@ -126,7 +126,8 @@ class EventTimeMerge:
 
 STATE_TOPIC = "executor-state"
 COMMANDS_TOPIC = "executor-commands"
-OUTPUT_TOPICS = {Decision: "decisions", Order: "orders", Fill: "fills", Position: "positions", Equity: "equity"}
+OUTPUT_TOPICS = {Decision: "decisions", Order: "orders", Fill: "fills", Position: "positions", Equity: "equity",
+                 Alert: "alerts"}
 
 
 @dataclass
@@ -157,7 +158,7 @@ def make_broker(settings: Settings, cfg: ExecutorConfig, live: bool = False) -> 
 
 
 def ensure_executor_topics(settings: Settings) -> None:
-    kafka_io.ensure_topics(settings, ["signals", "decisions", "orders", "fills", "positions", "equity", "dlq"])
+    kafka_io.ensure_topics(settings, ["signals", "decisions", "orders", "fills", "positions", "equity", "alerts", "dlq"])
     adm = kafka_io.admin(settings)
     existing = set(adm.list_topics(timeout=30).topics)
     new = []
@@ -181,7 +182,9 @@ class ExecutorService:
         self.settings = settings
         self.cfg = cfg or config_from_env(settings.equity)
         self.broker = broker or make_broker(settings, self.cfg, live)
-        book = InstrumentBook(load_exchange_info(self.cfg.exchange_info) if self.cfg.exchange_info else {})
+        generic = self.cfg.generic_instruments and self.settings.broker == "paper"   # never generic for real orders
+        book = InstrumentBook(load_exchange_info(self.cfg.exchange_info), generic) if self.cfg.exchange_info \
+            else InstrumentBook.default(generic)
         self.engine = Engine(self.cfg, self.broker, book)
         self.batch_max = batch_max
         self.stats = RunStats()
@@ -274,9 +277,17 @@ class ExecutorService:
             c.close()
 
     def _reconcile(self) -> None:
+        """Compare the restored state with the exchange. An exchange error here must not end the process
+        (a restart would meet it again: a crash loop): new entries halt until the operator resumes."""
         rec = getattr(self.broker, "reconcile", None)
         if rec is not None:
-            report = rec(self.engine)
+            try:
+                report = rec(self.engine)
+            except BrokerError as exc:
+                self.engine.halted = f"start-up reconciliation failed: {exc}"[:300]
+                log.critical("TRADING HALTED: %s. Open positions are still managed; resume with "
+                             "{\"cmd\": \"resume\"} once the exchange answers.", self.engine.halted)
+                return
             if report:
                 log.warning("reconciliation with the exchange: %s", report)
 

@@ -21,19 +21,20 @@ from typing import Callable, Iterable
 
 from confluent_kafka import OFFSET_INVALID, KafkaError, TopicPartition
 
-from schemas import (SchemaError, decode_decision, decode_equity, decode_fill, decode_kline, decode_order,
+from schemas import (SchemaError, decode_alert, decode_decision, decode_equity, decode_fill, decode_kline, decode_order,
                      decode_position, decode_reject, decode_signal, make_reject)
 from schemas.audit import TOPIC_TABLES, AuditTable
 from schemas.kline import Kline
 from schemas.reject import Reject
 from schemas.signal import Signal
-from schemas.trading import Decision, Equity, Fill, Order, Position
+from schemas.trading import Alert, Decision, Equity, Fill, Order, Position
 
 log = logging.getLogger("smc.ingest.audit")
 
 DECODERS: dict[type, Callable] = {
     Kline: decode_kline, Signal: decode_signal, Decision: decode_decision, Order: decode_order,
     Fill: decode_fill, Position: decode_position, Equity: decode_equity, Reject: decode_reject,
+    Alert: decode_alert,
 }
 
 

@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from schemas.kline import Kline
 from schemas.reject import Reject
 from schemas.signal import Signal
-from schemas.trading import Decision, Equity, Fill, Order, Position
+from schemas.trading import Alert, Decision, Equity, Fill, Order, Position
 
 _CH_TYPES = {str: "String", int: "Int64", float: "Float64", bool: "Bool"}
 
@@ -56,6 +56,7 @@ TABLES: dict[str, AuditTable] = {t.name: t for t in [
     AuditTable("fills", Fill, "fill_id", topic="fills"),
     AuditTable("positions", Position, "position_id", version="updated_at", topic="positions"),
     AuditTable("equity", Equity, "ts", topic="equity"),
+    AuditTable("alerts", Alert, "alert_id", topic="alerts"),
     AuditTable("rejects", Reject, "stage, topic, partition, offset, reason, cityHash64(raw_b64)", topic="dlq"),
 ]}
 

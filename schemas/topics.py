@@ -27,6 +27,7 @@ def registry(partitions: int = 6) -> dict[str, TopicSpec]:
         "fills": TopicSpec("fills", "symbol", "Fill", partitions),
         "positions": TopicSpec("positions", "symbol", "Position", partitions, cleanup="compact"),
         "equity": TopicSpec("equity", "account", "Equity", 1),
+        "alerts": TopicSpec("alerts", "symbol", "Alert", 1),
         "dlq": TopicSpec("dlq", "stage", "Reject", 1),
     }
 

@@ -14,7 +14,7 @@ from schemas.signal import short_hash
 
 SCHEMA_VERSION = 1
 CLIENT_ID_RE = re.compile(r"^[.A-Z:/a-z0-9_-]{1,36}$")
-LEGS = ("entry", "stop", "target", "exit")
+LEGS = ("entry", "stop", "stop2", "target", "exit")   # stop2: the re-placed protective stop
 
 
 def client_order_id(signal_id: str, leg: str) -> str:
@@ -91,7 +91,7 @@ class Position:
     status: str            # open | closed
     closed_at: int = 0
     exit_price: float = 0.0
-    exit_reason: str = ""  # stop | target | max_hold | stagnation | manual
+    exit_reason: str = ""  # stop | target | max_hold | stagnation | manual | unprotected (no working stop)
     realized_pnl: float = 0.0   # NET: price PnL - fees - funding (so far, while open: -(fees + funding))
     fees: float = 0.0
     funding: float = 0.0        # > 0 paid, < 0 received
@@ -110,6 +110,28 @@ class Equity:
     unrealized_pnl: float
     open_positions: int
     v: int = SCHEMA_VERSION
+
+
+@dataclass(slots=True, frozen=True)
+class Alert:
+    """An execution-safety event an operator must see: a protective stop rejected, re-placed, a position
+    flattened because it could not be protected, trading halted or resumed. `alert_id` is derived from
+    what happened (kind, order, event time), so a replayed batch writes the same id (no duplicate rows)."""
+    alert_id: str
+    kind: str              # stop_rejected | stop_replaced | flattened_unprotected | flatten_failed |
+                           # naked_bound_exceeded | broker_error | halted | resumed
+    symbol: str
+    signal_id: str
+    client_order_id: str
+    ts: int                # event time of the bar being processed
+    detail: str            # the exchange's code and message, the prices involved
+    wall_ts: int = 0
+    v: int = SCHEMA_VERSION
+
+
+def make_alert(kind: str, symbol: str, signal_id: str, cid: str, ts: int, detail: str, wall_ts: int = 0) -> Alert:
+    return Alert(alert_id=f"{kind}:{cid or symbol}:{ts}", kind=kind, symbol=symbol, signal_id=signal_id,
+                 client_order_id=cid, ts=ts, detail=detail[:300], wall_ts=wall_ts)
 
 
 def _validate_order(o: Order) -> None:
@@ -141,5 +163,9 @@ def decode_equity(raw: bytes | str | dict) -> Equity:
     return decode_as(Equity, raw)
 
 
-__all__ = ["Decision", "Order", "Fill", "Position", "Equity", "client_order_id", "encode",
-           "decode_decision", "decode_order", "decode_fill", "decode_position", "decode_equity"]
+def decode_alert(raw: bytes | str | dict) -> Alert:
+    return decode_as(Alert, raw)
+
+
+__all__ = ["Decision", "Order", "Fill", "Position", "Equity", "Alert", "client_order_id", "make_alert", "encode",
+           "decode_decision", "decode_order", "decode_fill", "decode_position", "decode_equity", "decode_alert"]

@@ -9,9 +9,12 @@
   clientAlgoId, reduceOnly). Client ids come from schemas.trading.client_order_id(signal_id, leg).
 * Send once: before sending, every id is looked up (GET /fapi/v1/order?origClientOrderId= or
   GET /fapi/v1/algoOrder?clientAlgoId=): after a crash-restart the same id is re-submitted by the
-  deterministic engine and must not become a second order. After a timeout or -1006/-1007 (outcome
-  unknown) the id is looked up again and the order is re-sent only if the exchange says it does
-  not exist (-2013). -1021 (timestamp outside recvWindow) resyncs the clock from /fapi/v1/time and
+  deterministic engine and must not become a second order. After an unknown outcome (client
+  timeout, HTTP 5xx, -1000, -1006, -1007: Binance: "the request may have been executed") the id is
+  looked up repeatedly and NOT re-sent while the original request can still execute: Binance
+  refuses a request that reaches it after `timestamp + recvWindow`, so "not found" only means "not
+  executed" once that moment (exchange clock) plus `unknown_margin_s` has passed. Only then is the
+  order re-sent, deliberately, with the SAME client id (once). -1021 (timestamp outside recvWindow) resyncs the clock from /fapi/v1/time and
   retries once (the exchange rejected the request unprocessed, so that is safe).
 * Limits: X-MBX-USED-WEIGHT-1M and X-MBX-ORDER-COUNT-10S/1M are read from every answer; a request
   waits when the next one would cross `weight_limit` / `orders_10s` / `orders_1m` (a safety margin
@@ -46,15 +49,18 @@ TESTNET_URL = "https://testnet.binancefuture.com"
 
 # --- errors -------------------------------------------------------------------------------------
 class BinanceError(BrokerError):
-    """An error answer from Binance: `code` (Binance's), `http_status`, the endpoint (no parameters)."""
+    """An error answer from Binance: `code` (Binance's), `http_status`, the endpoint (no parameters).
+    `error_class` says what to do about it (see error_class()); `halt` is read by the engine."""
 
     def __init__(self, code: int, msg: str, http_status: int = 0, endpoint: str = "") -> None:
         self.code, self.msg, self.http_status, self.endpoint = code, msg, http_status, endpoint
+        self.error_class = error_class(code, http_status)
+        self.halt = self.error_class == HALT
         super().__init__(f"Binance {code} (HTTP {http_status}) on {endpoint}: {msg}")
 
 
 class UnknownOutcome(BinanceError):
-    """Timeout, -1006, -1007: the request may or may not have been executed."""
+    """Timeout, HTTP 5xx, -1000, -1006, -1007: the request may or may not have been executed."""
 
 
 class TimestampOutsideRecvWindow(BinanceError):      # -1021
@@ -104,11 +110,30 @@ class IpBanned(BinanceError):                        # HTTP 418
 
 
 ERRORS: dict[int, type[BinanceError]] = {
-    -1006: UnknownOutcome, -1007: UnknownOutcome, -1003: RateLimited, -1021: TimestampOutsideRecvWindow,
+    -1000: UnknownOutcome, -1006: UnknownOutcome, -1007: UnknownOutcome, -1003: RateLimited, -1021: TimestampOutsideRecvWindow,
     -1022: InvalidSignature, -2014: InvalidApiKey, -2015: InvalidApiKey, -1121: InvalidSymbol,
     -2019: InsufficientMargin, -2010: OrderRejected, -2021: OrderRejected, -2022: OrderRejected,
     -2011: CancelRejected, -2013: NoSuchOrder, -4164: OrderRejected, -4116: OrderRejected,
 }
+
+
+# --- error classes: what the executor does about an error (one table, pure) ---------------------------
+RETRY, UNKNOWN, REJECTED, HALT = "retry", "outcome_unknown", "rejected", "halt"
+HALT_CODES = (-1022, -2014, -2015)          # signature / API key / permissions: nothing will work until fixed
+RETRY_CODES = (-1003, -1021)                # too many requests; timestamp (resync the clock, then retry)
+UNKNOWN_CODES = (-1000, -1006, -1007)       # "execution status unknown"
+
+
+def error_class(code: int, http_status: int) -> str:
+    """retry (with backoff) | outcome_unknown (reconcile by lookup) | rejected (record, no retry) | halt
+    (no new entries until an operator resumes). HTTP status decides first where Binance says it does."""
+    if http_status == 418 or code in HALT_CODES or http_status == 401:
+        return HALT
+    if http_status == 429 or code in RETRY_CODES:
+        return RETRY
+    if code in UNKNOWN_CODES or (http_status >= 500 and code not in ERRORS):
+        return UNKNOWN
+    return REJECTED
 
 
 def error_for(code: int, msg: str, http_status: int, endpoint: str, retry_after: float = 0.0) -> BinanceError:
@@ -116,6 +141,9 @@ def error_for(code: int, msg: str, http_status: int, endpoint: str, retry_after:
         return IpBanned(code, msg, http_status, endpoint)
     if http_status == 429 or code == -1003:
         return RateLimited(code, msg, http_status, endpoint, retry_after=retry_after)
+    if http_status >= 500 and code not in ERRORS:
+        # Binance: a 5XX "is NOT a failure": the execution status is unknown
+        return UnknownOutcome(code, msg, http_status, endpoint)
     cls = ERRORS.get(code)
     if cls is None:
         cls = BadRequest if -1200 < code <= -1100 or -5000 < code <= -4000 else BinanceError
@@ -138,6 +166,7 @@ def fmt(x: float) -> str:
 class BinanceClient:
     def __init__(self, base_url: str, api_key: str, api_secret: str, *, recv_window: int = 5000, timeout: float = 10.0,
                  weight_limit: int = 2000, orders_10s: int = 250, orders_1m: int = 1000, max_retry_after: float = 30.0,
+                 max_retries: int = 3, backoff_s: float = 0.5,
                  clock: Callable[[], float] = time.time, sleep: Callable[[float], None] = time.sleep) -> None:
         self.base_url = base_url.rstrip("/")
         self.__key = api_key
@@ -146,8 +175,10 @@ class BinanceClient:
         self.timeout = timeout
         self.weight_limit, self.orders_10s_limit, self.orders_1m_limit = weight_limit, orders_10s, orders_1m
         self.max_retry_after = max_retry_after
+        self.max_retries, self.backoff_s = max_retries, backoff_s
         self.clock, self.sleep = clock, sleep
         self.time_offset_ms = 0
+        self.last_timestamp_ms = 0      # `timestamp` of the last signed request (bounds when it can still execute)
         self.used_weight_1m = 0
         self.order_count_10s = 0
         self.order_count_1m = 0
@@ -164,7 +195,7 @@ class BinanceClient:
     def signed_query(self, params: dict[str, Any]) -> str:
         q = dict(params)
         q["recvWindow"] = self.recv_window
-        q["timestamp"] = self._now_ms()
+        q["timestamp"] = self.last_timestamp_ms = self._now_ms()
         qs = urllib.parse.urlencode([(k, v) for k, v in q.items() if v is not None])
         return f"{qs}&signature={sign(self.__secret, qs)}"
 
@@ -208,7 +239,7 @@ class BinanceClient:
                     pass
 
     def request(self, method: str, path: str, params: dict[str, Any] | None = None, *, signed: bool = True,
-                weight: int = 1, is_order: bool = False, _retried: bool = False) -> Any:
+                weight: int = 1, is_order: bool = False, _retried: bool = False, _attempt: int = 0) -> Any:
         self._throttle(is_order, weight)
         if signed:
             qs = self.signed_query(params or {})
@@ -249,12 +280,31 @@ class BinanceClient:
         log.info("<- %s failed: %s", endpoint, err)
         if isinstance(err, TimestampOutsideRecvWindow) and signed and not _retried:
             self.sync_time()
-            return self.request(method, path, params, signed=signed, weight=weight, is_order=is_order, _retried=True)
-        if isinstance(err, RateLimited) and not _retried and err.retry_after <= self.max_retry_after:
-            self.waited_s += err.retry_after
-            self.sleep(err.retry_after)
-            return self.request(method, path, params, signed=signed, weight=weight, is_order=is_order, _retried=True)
+            return self.request(method, path, params, signed=signed, weight=weight, is_order=is_order, _retried=True,
+                                _attempt=_attempt)
+        wait = self.retry_wait(err, method, _attempt)
+        if wait is not None:
+            log.warning("%s: %s; retry %d/%d in %.1f s", endpoint, err.code, _attempt + 1, self.max_retries, wait)
+            self.waited_s += wait
+            self.sleep(wait)
+            return self.request(method, path, params, signed=signed, weight=weight, is_order=is_order, _retried=_retried,
+                                _attempt=_attempt + 1)
         raise err from None
+
+    def retry_wait(self, err: BinanceError, method: str, attempt: int) -> float | None:
+        """Seconds to wait before retrying `err`, or None to give up. Rate limits wait Retry-After (else an
+        exponential backoff), up to `max_retries` and never longer than `max_retry_after`; a GET that met a
+        5xx or a dead connection is retried the same way (it changes nothing); an order POST never is
+        here: its outcome is unknown and only a lookup may decide (BinanceBroker._send)."""
+        if attempt >= self.max_retries:
+            return None
+        backoff = self.backoff_s * (2 ** attempt)
+        if isinstance(err, RateLimited):
+            wait = err.retry_after if err.retry_after > 0 else backoff
+            return wait if wait <= self.max_retry_after else None
+        if method == "GET" and (err.http_status >= 500 or err.code == -1):   # not a timeout: that already waited
+            return backoff
+        return None
 
 
 # --- the broker -------------------------------------------------------------------------------------
@@ -266,9 +316,12 @@ REJECTIONS = (InvalidSymbol, InsufficientMargin, OrderRejected, BadRequest, NoSu
 class BinanceBroker(Broker):
     name = "binance"
 
-    def __init__(self, client: BinanceClient, taker_fee: float = 0.0005) -> None:
+    def __init__(self, client: BinanceClient, taker_fee: float = 0.0005, unknown_margin_s: float = 1.0,
+                 lookup_interval_s: float = 0.25) -> None:
         self.client = client
         self.taker_fee = taker_fee
+        self.unknown_margin_s = unknown_margin_s      # beyond timestamp + recvWindow (clock error, queues)
+        self.lookup_interval_s = lookup_interval_s
         self.resting: dict[str, Order] = {}          # conditional orders live at the exchange
         self.sends = 0                               # POSTs of new orders (tests: never a second one)
 
@@ -342,6 +395,10 @@ class BinanceBroker(Broker):
             # still unknown after a lookup: reconciliation decides later; the engine keeps it live
             log.error("order %s outcome unknown: %s", order.client_order_id, exc)
             return [OrderUpdate(order.client_order_id, "NEW", ts, reason="unknown_outcome")]
+        except BinanceError as exc:
+            if exc.error_class == REJECTED:          # e.g. -5000 / HTTP 404: not executed, no retry
+                return [OrderUpdate(order.client_order_id, "REJECTED", ts, reason=f"{exc.code} {exc.msg}"[:200])]
+            raise                                    # halt-class or retries exhausted: the engine decides
 
     def _submit_market(self, order: Order, ts: int) -> list:
         found = self.lookup_order(order.symbol, order.client_order_id)
@@ -369,19 +426,43 @@ class BinanceBroker(Broker):
         return evs
 
     def _send(self, path: str, params: dict, lookup: Callable[[], dict | None]) -> dict:
-        """POST once; on an unknown outcome look the id up and resend only if it does not exist."""
+        """POST once; after an unknown outcome resolve it by lookup, resend (same id) only once the
+        original can no longer execute. Raises UnknownOutcome if it stays unresolvable."""
+        cid = params.get("newClientOrderId") or params.get("clientAlgoId")
         for attempt in (1, 2):
             self.sends += 1
             try:
                 return self.client.request("POST", path, params, is_order=True)
             except UnknownOutcome as exc:
-                log.warning("%s: outcome unknown (%s); looking %s up", path, exc.code, params.get("newClientOrderId") or params.get("clientAlgoId"))
-                found = lookup()          # may raise UnknownOutcome again: then we stop here
+                sent_ts = self.client.last_timestamp_ms
+                log.warning("%s %s: outcome unknown (%s); looking it up until it can no longer execute",
+                            path, cid, exc.code)
+                found, resolved = self._resolve(sent_ts, lookup)
                 if found is not None:
                     return found
-                if attempt == 2:
+                if not resolved or attempt == 2:
                     raise
+                log.warning("%s %s: not executed (timestamp + recvWindow passed): sent again with the same id", path, cid)
         raise AssertionError("unreachable")
+
+    def _resolve(self, sent_ts_ms: int, lookup: Callable[[], dict | None]) -> tuple[dict | None, bool]:
+        """(order, True) when found; (None, True) when provably never executed; (None, False) when the
+        lookups themselves kept failing past the deadline (still unknown)."""
+        deadline_ms = sent_ts_ms + self.client.recv_window + int(self.unknown_margin_s * 1000)
+        while True:
+            past = self.client._now_ms() >= deadline_ms     # decided BEFORE the lookup: a miss after it is final
+            try:
+                found = lookup()
+            except BinanceError as exc:        # NoSuchOrder is a None from lookup(); anything else: no answer
+                log.warning("lookup failed (%s): still unknown", exc.code)
+                found, ok = None, False
+            else:
+                ok = True
+            if found is not None:
+                return found, True
+            if past:
+                return None, ok
+            self.client.sleep(min(self.lookup_interval_s, max(0.0, (deadline_ms - self.client._now_ms()) / 1000)))
 
     def cancel(self, order: Order, ts: int) -> list:
         self.resting.pop(order.client_order_id, None)

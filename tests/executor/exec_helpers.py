@@ -79,3 +79,28 @@ def recorded_signals(n: int, symbols: tuple[str, ...] = ("BTCUSDT",), seed: int 
             else:
                 out.append(bar(sym, ot, o2, h2, l2, c2, confidence=round(rng.uniform(0.0, 0.6), 4)))
     return out
+
+
+# --- the fake Binance trading API (one fixture for every Binance test module) ---------------------
+import orjson  # noqa: E402
+import pytest  # noqa: E402
+
+KEY = "test-api-key-0123456789"
+SECRET = "test-api-secret-abcdefghij"
+BINANCE_DATA = ROOT / "tests" / "data" / "binance"
+
+
+@pytest.fixture
+def fake():
+    """A started FakeBinanceTrading (import this name into a test module to use it)."""
+    from tests.fakes.fake_binance_trading import FakeBinanceTrading
+    f = FakeBinanceTrading(KEY, SECRET)
+    f.start()
+    yield f
+    f.stop()
+
+
+def real_error(code: int) -> dict:
+    """A real Binance error body (tests/data/binance/error_<code>_*.json, copied from ../shared)."""
+    (path,) = BINANCE_DATA.glob(f"error_{code}_*.json")
+    return orjson.loads(path.read_bytes())

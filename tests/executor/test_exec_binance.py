@@ -14,19 +14,7 @@ from executor.engine import Engine
 from executor.instruments import InstrumentBook, load_exchange_info
 from infra.settings import Settings
 from schemas.trading import Order, Position, client_order_id
-from tests.fakes.fake_binance_trading import FakeBinanceTrading
-from exec_helpers import EXCHANGE_INFO, MIN, T0, bar
-
-KEY = "test-api-key-0123456789"
-SECRET = "test-api-secret-abcdefghij"
-
-
-@pytest.fixture
-def fake():
-    f = FakeBinanceTrading(KEY, SECRET)
-    f.start()
-    yield f
-    f.stop()
+from exec_helpers import EXCHANGE_INFO, KEY, MIN, SECRET, T0, bar, fake  # noqa: F401  (fake: fixture)
 
 
 def make_broker(fake, **kw) -> BinanceBroker:
@@ -142,12 +130,67 @@ def test_unknown_outcome_after_accept_is_not_resent(fake, code):
     assert b.sends == 1 and len(fake.orders_with_client_id(entry().client_order_id)) == 1
 
 
-def test_unknown_outcome_not_executed_is_resent_once(fake):
-    fake.fault("POST /fapi/v1/order", "error", code=-1006, status=500)
-    b = make_broker(fake)
+@pytest.mark.parametrize("code,status", [(-1006, 500), (-1000, 503), (-1007, 504)])
+def test_unknown_outcome_not_executed_is_resent_once_after_recv_window(fake, code, status):
+    fake.fault("POST /fapi/v1/order", "error", code=code, status=status)      # 5xx without execution
+    b = make_broker(fake, recv_window=1000)
+    b.unknown_margin_s = 0.3
     assert b.submit(entry(), T0)[0].status == "FILLED"
-    assert b.sends == 2 and len(posts(fake)) == 2              # the first POST was refused unprocessed
+    first, second = posts(fake)                                 # the first POST was refused unprocessed
+    assert b.sends == 2 and first["newClientOrderId"] == second["newClientOrderId"] == entry().client_order_id
+    # not re-sent while the first could still execute: timestamp + recvWindow + margin
+    assert int(second["timestamp"]) - int(first["timestamp"]) >= 1000 + 300
     assert len(fake.orders_with_client_id(entry().client_order_id)) == 1
+
+
+@pytest.mark.parametrize("code,status", [(-1000, 503), (-1006, 502), (0, 500)])
+def test_5xx_after_execution_is_resolved_by_lookup_not_resent(fake, code, status):
+    fake.fault("POST /fapi/v1/order", "accept_then_error", code=code, status=status)   # 5xx WITH execution
+    b = make_broker(fake, recv_window=1000)
+    evs = b.submit(entry(), T0)
+    assert evs[0].status == "FILLED" and isinstance(evs[1], FillEvent)
+    assert b.sends == 1 and len(posts(fake)) == 1 and fake.positions["BTCUSDT"] == 0.02
+
+
+def test_late_execution_after_client_timeout_gives_one_order_and_equal_positions(fake):
+    """The measured duplicate: 1 s client timeout, the exchange executes the request 1.5 s late.
+    Lookups right after the timeout say -2013; a resend then would double the position."""
+    fake.fault("POST /fapi/v1/order", "execute_late", seconds=1.5)
+    b = make_broker(fake, timeout=1.0, recv_window=3000)
+    b.unknown_margin_s = 0.3
+    eng = Engine(ExecutorConfig(), b, InstrumentBook(load_exchange_info(EXCHANGE_INFO)))
+    out = eng.process(bar("BTCUSDT", T0, 50_000, 50_000, 50_000, 50_000, "long", 0.9, 50_000, 49_500.04, 51_000))
+    assert fake.late_executions == ["POST /fapi/v1/order"]
+    assert len(posts(fake)) == 1 and len(fake.orders) == 1
+    pos = [r for r in out if isinstance(r, Position)][-1]
+    assert pos.status == "open" and fake.positions["BTCUSDT"] == pos.qty == 0.02
+    # the lookup loop ran while the late request was in transit (it found nothing at first)
+    lookups = [p for m, pth, p in fake.requests if m == "GET" and pth == "/fapi/v1/order"]
+    assert len(lookups) >= 2
+
+
+def test_request_arriving_after_recv_window_never_executes_and_is_resent_with_same_id(fake):
+    fake.fault("POST /fapi/v1/order", "execute_late", seconds=1.6)
+    b = make_broker(fake, timeout=0.5, recv_window=1000)
+    b.unknown_margin_s = 0.3
+    assert b.submit(entry(), T0)[0].status == "FILLED"
+    assert b.sends == 2 and len(fake.orders_with_client_id(entry().client_order_id)) == 1
+    assert fake.positions["BTCUSDT"] == 0.02
+    # the held request reached the exchange after its recvWindow: refused (-1021), never executed
+    assert [p["newClientOrderId"] for p in posts(fake)] == [entry().client_order_id]
+
+
+def test_algo_order_unknown_outcome_resolved_by_client_algo_id(fake):
+    fake.fault("POST /fapi/v1/algoOrder", "execute_late", seconds=1.2)
+    b = make_broker(fake, timeout=0.5, recv_window=3000)
+    b.unknown_margin_s = 0.3
+    b.submit(entry(), T0)
+    stop = Order(client_order_id=client_order_id("BTCUSDT:1m:1:test", "stop"), signal_id="BTCUSDT:1m:1:test",
+                 symbol="BTCUSDT", leg="stop", side="SELL", type="STOP_MARKET", qty=0.02, price=49_000.0,
+                 reduce_only=True, status="NEW", ts=T0)
+    evs = b.submit(stop, T0)
+    assert evs[0].status == "NEW" and evs[0].exchange_order_id
+    assert b.sends == 2 and len([a for a in fake.algos.values() if a["clientAlgoId"] == stop.client_order_id]) == 1
 
 
 def test_429_waits_retry_after(fake):

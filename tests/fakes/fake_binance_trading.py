@@ -12,6 +12,11 @@ Faults are queued per endpoint: `fault("POST /fapi/v1/order", kind, **kw)` with 
   accept_then_error process the order, then answer error `code` (e.g. -1007: outcome unknown)
   accept_then_hang  process the order, then hold the answer for `seconds` (the client times out)
   rate_limit        HTTP 429 with Retry-After, not processed
+  execute_late      the request reaches the matching engine `seconds` late (the client has timed out
+                    by then): the exchange checks timestamp + recvWindow on arrival, as Binance does,
+                    so it executes late when still inside recvWindow and is refused (-1021) otherwise
+For 5xx: `error` with status=503/500 is "5xx without execution", `accept_then_error` (default
+status 503) "5xx with execution".
 """
 from __future__ import annotations
 
@@ -55,6 +60,7 @@ class FakeBinanceTrading:
         self.requests: list[tuple[str, str, dict]] = []   # (method, path, params without signature)
         self.signatures: list[str] = []                    # every signature received (secret-leak scans)
         self.faults: dict[str, deque] = defaultdict(deque)
+        self.late_executions: list[str] = []               # endpoints whose request was held in transit
         self.weight_used = 0
         self.order_count = 0
         self._ids = itertools.count(8_886_774)
@@ -231,7 +237,15 @@ class FakeBinanceTrading:
         self.orders[oid] = o
         return o
 
+    async def _in_transit(self, endpoint: str) -> None:
+        q = self.faults.get(endpoint)
+        if q and q[0]["kind"] == "execute_late":
+            f = q.popleft()
+            self.late_executions.append(endpoint)
+            await asyncio.sleep(f.get("seconds", 1.5))
+
     async def _new_order(self, request):
+        await self._in_transit("POST /fapi/v1/order")
         params, err = await self._auth(request, 0)
         if err:
             return err
@@ -281,6 +295,7 @@ class FakeBinanceTrading:
         return self._err(-2011, "Unknown order sent.")
 
     async def _new_algo(self, request):
+        await self._in_transit("POST /fapi/v1/algoOrder")
         params, err = await self._auth(request, 0)
         if err:
             return err
