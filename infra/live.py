@@ -42,7 +42,7 @@ from rich.table import Table
 from infra import kafka_io
 from infra.settings import REPO_ROOT, Settings, to_env
 
-AUDIT_TOPICS = ("klines", "signals", "decisions", "orders", "fills", "positions", "equity", "dlq")
+AUDIT_TOPICS = ("klines", "signals", "decisions", "orders", "fills", "positions", "equity", "alerts", "dlq")
 STATUS_TOPICS = ("klines", "signals", "decisions", "orders", "fills", "dlq")
 LIVE_EXCHANGE = "https://fapi.binance.com"
 

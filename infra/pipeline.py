@@ -27,7 +27,7 @@ from infra.settings import REPO_ROOT, Settings, to_env
 RECORDED = REPO_ROOT / "ingest" / "recorded"
 SHARED_1H = REPO_ROOT.parent / "shared" / "data" / "klines_1h"
 DEFAULT_FILE = RECORDED / "klines_1h.parquet"
-AUDIT_TOPICS = ("klines", "signals", "decisions", "orders", "fills", "positions", "equity", "dlq")
+AUDIT_TOPICS = ("klines", "signals", "decisions", "orders", "fills", "positions", "equity", "alerts", "dlq")
 
 
 class PipelineError(RuntimeError):
