@@ -98,7 +98,7 @@ def run_backtest(settings: Settings, plan: BacktestPlan, *, explicit_broker: boo
                  worker_env: dict | None = None) -> RunResult:
     from executor.service import run_executor, ensure_executor_topics
     from infra.report import build_report
-    from ingest.audit_sink import AuditSink
+    from ingest.audit_sink import AuditIncomplete, AuditSink
     from ingest.replay import replay
 
     console = console or Console()
@@ -151,10 +151,18 @@ def run_backtest(settings: Settings, plan: BacktestPlan, *, explicit_broker: boo
         t0 = time.monotonic()
         with console.status("audit sink -> ClickHouse ..."):
             sink = AuditSink(settings, store, topics=AUDIT_TOPICS, batch_rows=20_000)
-            sink.run_until_idle(idle_seconds=1.5)
-            sink.close()
+            try:
+                # the producers (replay, worker, executor) are done: these ends are everything the run made
+                sink.run_to_end(sink.end_offsets())
+                stored = sink.verify_complete()
+            except (AuditIncomplete, TimeoutError) as exc:
+                raise PipelineError(str(exc)) from None
+            finally:
+                sink.close()
         t["audit_s"] = time.monotonic() - t0
         result.counts["audit_rows"] = sum(sink.stats.inserted.values())
+        if stats.produced and not stored.get("klines"):
+            raise PipelineError(f"the run produced {stats.produced} klines and the audit trail holds none")
 
         out = Path(report_dir) if report_dir else REPO_ROOT / "reports" / ns
         result.summary = build_report(store, out, settings.equity, plan, console=console)
