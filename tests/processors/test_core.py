@@ -52,8 +52,7 @@ def test_processor_signals_decode_and_validate():
 
 def _slow_decode_kline(raw: bytes) -> Kline:
     """decode_as without its exact-types fast path: the field-by-field checks."""
-    obj = orjson.loads(raw)
-    obj["_force_slow_path"] = 1      # an unknown key disables the fast path; the slow path ignores it
+    obj = dict(reversed(orjson.loads(raw).items()))   # keys out of declaration order disable the fast path
     return decode_as(Kline, obj, validate_kline)
 
 
