@@ -107,7 +107,9 @@ def run_backtest(settings: Settings, plan: BacktestPlan, *, explicit_broker: boo
     stamp = datetime.now(timezone.utc).strftime("%Y%m%d-%H%M%S")
     ns = settings.namespace or f"bt-{stamp}"
     run_dir = Path(settings.data_dir) / "runs" / ns
-    settings = settings.with_(namespace=ns, interval=plan.interval, data_dir=str(run_dir))
+    # replay_end: the processors reject a kline dated past the plan's range (one bad record must not
+    # poison a symbol's state)
+    settings = settings.with_(namespace=ns, interval=plan.interval, data_dir=str(run_dir), replay_end=plan.end)
     database = database or run_database(ns)
     result = RunResult(namespace=ns, plan=plan, database=database)
     t = {}
