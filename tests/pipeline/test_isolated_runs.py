@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+import uuid
 
 import pytest
 
@@ -61,10 +62,11 @@ def test_a_broker_no_run_started_is_never_stopped(kafka_bootstrap, tmp_path):
 @pytest.mark.timeout(900)
 def test_two_concurrent_runs_both_succeed_with_their_own_data(kafka_bootstrap, tmp_path):
     chdb = tmp_path / "chdb"
+    tag = uuid.uuid4().hex[:8]     # fresh topics and groups every session (a killed session leaves its own)
     procs = []
     for i, symbols in enumerate(("BTCUSDT,ETHUSDT", "SOLUSDT,XRPUSDT")):
         env = dict(os.environ, SMC_KAFKA_BOOTSTRAP=kafka_bootstrap, SMC_DATA_DIR=str(tmp_path / f"d{i}"),
-                   SMC_CLICKHOUSE_DSN=f"chdb://{chdb}", SMC_NAMESPACE=f"par{i}-{tmp_path.name[-6:]}",
+                   SMC_CLICKHOUSE_DSN=f"chdb://{chdb}", SMC_NAMESPACE=f"par{i}-{tag}",
                    PYTHONPATH=str(REPO_ROOT))
         procs.append(subprocess.Popen(
             [sys.executable, "-m", "infra.cli", "run", "--symbols", symbols, "--start", "2026-05-10", "--end",
@@ -76,7 +78,7 @@ def test_two_concurrent_runs_both_succeed_with_their_own_data(kafka_bootstrap, t
     dsn = f"chdb://{chdb}"
     with exclusive(dsn):
         for i, symbols in enumerate(("BTCUSDT,ETHUSDT", "SOLUSDT,XRPUSDT")):
-            store = AuditStore(dsn, database=run_database(f"par{i}-{tmp_path.name[-6:]}"))
+            store = AuditStore(dsn, database=run_database(f"par{i}-{tag}"))
             _, rows = store.query(f"SELECT symbol, count() FROM {store.database}.klines FINAL GROUP BY symbol ORDER BY symbol")
             assert [r[0] for r in rows] == sorted(symbols.split(","))
             assert all(n == 72 for _, n in rows), rows                  # 3 days of 1h bars each
@@ -88,4 +90,4 @@ def test_two_concurrent_runs_both_succeed_with_their_own_data(kafka_bootstrap, t
     from infra.settings import load_settings
     for i in range(2):
         kafka_io.delete_namespace(load_settings(env={}).with_(kafka_bootstrap=kafka_bootstrap,
-                                                             namespace=f"par{i}-{tmp_path.name[-6:]}"))
+                                                             namespace=f"par{i}-{tag}"))
