@@ -150,7 +150,8 @@ def main(argv: list[str] | None = None) -> int:
 
     q = sub.add_parser("query", help="run SQL against the audit trail (chDB or server, from SMC_CLICKHOUSE_DSN)")
     q.add_argument("sql", help="SQL text, or - for standard input")
-    q.add_argument("--db", default="smc")
+    q.add_argument("--db", default="smc_latest",
+                   help="database (default smc_latest: views on the last finished run; a run's own is smc_<namespace>)")
     q.add_argument("--format", choices=["table", "csv"], default="table")
     q.add_argument("--limit", type=int, default=200)
     q.set_defaults(fn=cmd_query)

@@ -5,8 +5,13 @@ so from the process that owns the store (the audit sink), and readers open it af
 """
 from __future__ import annotations
 
+import contextlib
+import fcntl
+import os
+import re
 import threading
-from typing import Any, Sequence
+from pathlib import Path
+from typing import Any, Iterator, Sequence
 
 import clickhouse_connect
 import orjson
@@ -14,6 +19,7 @@ import orjson
 from schemas.audit import TABLES, AuditTable
 
 DATABASE = "smc"
+LATEST = "smc_latest"   # views on the latest finished run's tables: what `smc query` reads by default
 _CLIENTS: dict[str, Any] = {}
 _LOCK = threading.Lock()
 
@@ -26,11 +32,40 @@ def connect(dsn: str):
             if dsn.startswith("chdb://"):
                 path = dsn[len("chdb://"):]
                 if path and path != "memory":
-                    import os
                     os.makedirs(path, exist_ok=True)
             client = clickhouse_connect.get_client(dsn=dsn)
             _CLIENTS[dsn] = client
         return client
+
+
+def run_database(namespace: str) -> str:
+    """The database of one run's audit trail, named after its namespace (identifier-safe)."""
+    return "smc_" + re.sub(r"\W", "_", namespace)
+
+
+@contextlib.contextmanager
+def exclusive(dsn: str) -> Iterator[None]:
+    """While held, this process alone has the embedded engine of a chDB path (chDB allows one process
+    per path: concurrent runs take turns on their audit phase); the engine is released after unless
+    this process had it open before. A server DSN needs no turn."""
+    path = dsn[len("chdb://"):] if dsn.startswith("chdb://") else ""
+    if not path or path == "memory":
+        yield
+        return
+    lock = Path(path.rstrip("/") + ".lock")
+    lock.parent.mkdir(parents=True, exist_ok=True)
+    with open(lock, "a") as fh:
+        fcntl.flock(fh, fcntl.LOCK_EX)
+        opened_before = dsn in _CLIENTS
+        try:
+            yield
+        finally:
+            if not opened_before:
+                with _LOCK:
+                    client = _CLIENTS.pop(dsn, None)
+                if client is not None:
+                    client.close()
+            fcntl.flock(fh, fcntl.LOCK_UN)
 
 
 def _cell(value: Any) -> Any:
@@ -54,6 +89,15 @@ class AuditStore:
         from infra.analytics import VIEWS  # views read the tables above
         for name, sql in VIEWS.items():
             self.client.command(f"CREATE OR REPLACE VIEW {self.database}.{name} AS {sql.format(db=self.database)}")
+
+    def point_latest(self, alias: str = LATEST) -> None:
+        """Make `alias` show this database: one view per table (deduplicated, FINAL) and per analytics view."""
+        from infra.analytics import VIEWS
+        self.client.command(f"CREATE DATABASE IF NOT EXISTS {alias}")
+        for name in TABLES:
+            self.client.command(f"CREATE OR REPLACE VIEW {alias}.{name} AS SELECT * FROM {self.database}.{name} FINAL")
+        for name in VIEWS:
+            self.client.command(f"CREATE OR REPLACE VIEW {alias}.{name} AS SELECT * FROM {self.database}.{name}")
 
     def insert(self, table: str | AuditTable, messages: Sequence[Any]) -> int:
         """Insert message dataclasses (all of the table's type) in one batch."""

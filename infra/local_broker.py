@@ -7,10 +7,15 @@ reuses one that already runs on the port, and stops it cleanly.
     python -m infra.local_broker start [--port 9092]   # idempotent
     python -m infra.local_broker stop
     python -m infra.local_broker status
+
+Runs share a broker by holding a user slot (`acquire` / `release`, one file per process under
+<home>/users): the last user out stops a broker a run started, so no run loses its broker mid-way.
 """
 from __future__ import annotations
 
 import argparse
+import contextlib
+import fcntl
 import os
 import shutil
 import signal
@@ -160,6 +165,66 @@ def stop(home: Path = DEFAULT_HOME, timeout: float = 30.0) -> bool:
         os.kill(pid, signal.SIGKILL)
     pidfile.unlink(missing_ok=True)
     return True
+
+
+@contextlib.contextmanager
+def _launcher_lock(home: Path):
+    """Serialises start/acquire and release/stop across processes (two runs starting at once)."""
+    home.mkdir(parents=True, exist_ok=True)
+    with open(home / "launcher.lock", "a") as fh:
+        fcntl.flock(fh, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(fh, fcntl.LOCK_UN)
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def users(home: Path) -> list[int]:
+    """Live processes holding a slot on the broker of `home` (slots of dead processes are dropped)."""
+    d = Path(home) / "users"
+    live = []
+    for f in d.glob("*") if d.is_dir() else []:
+        if f.name.isdigit() and _alive(int(f.name)):
+            live.append(int(f.name))
+        else:
+            f.unlink(missing_ok=True)
+    return sorted(live)
+
+
+def acquire(port: int, home: Path, start_if_down: bool = True) -> tuple[str, bool]:
+    """Take a user slot for this process; start the broker when it is down. (bootstrap, started here)."""
+    home = Path(home)
+    with _launcher_lock(home):
+        started = False
+        if not _port_open(port) and start_if_down:
+            start(port, home)
+            (home / "started-by-run").write_text(str(os.getpid()))
+            started = True
+        (home / "users").mkdir(exist_ok=True)
+        (home / "users" / str(os.getpid())).touch()
+        wait_ready(f"127.0.0.1:{port}")
+        return f"127.0.0.1:{port}", started
+
+
+def release(home: Path) -> bool:
+    """Drop this process's slot; the last user stops a broker that a run started. True if stopped."""
+    home = Path(home)
+    with _launcher_lock(home):
+        (home / "users" / str(os.getpid())).unlink(missing_ok=True)
+        if users(home) or not (home / "started-by-run").exists():
+            return False
+        (home / "started-by-run").unlink(missing_ok=True)
+        return stop(home)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -20,7 +20,7 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
 from infra import kafka_io
-from infra.clickhouse import AuditStore
+from infra.clickhouse import AuditStore, exclusive, run_database
 from infra.services import BrokerHandle, ProcessorWorker
 from infra.settings import REPO_ROOT, Settings, to_env
 
@@ -52,6 +52,7 @@ class RunResult:
     counts: dict = field(default_factory=dict)
     summary: dict = field(default_factory=dict)
     report_dir: str = ""
+    database: str = ""
 
 
 def _ms(value: str | int | None) -> int | None:
@@ -94,11 +95,11 @@ def plan_backtest(files: list[str] | None, symbols: list[str] | None, start: str
 
 
 def run_backtest(settings: Settings, plan: BacktestPlan, *, explicit_broker: bool = False, console: Console | None = None,
-                 report_dir: str | None = None, database: str = "smc", progress: bool = True,
+                 report_dir: str | None = None, database: str | None = None, progress: bool = True,
                  worker_env: dict | None = None) -> RunResult:
     from executor.service import run_executor, ensure_executor_topics
     from infra.report import build_report
-    from ingest.audit_sink import AuditSink
+    from ingest.audit_sink import AuditIncomplete, AuditSink
     from ingest.replay import replay
 
     console = console or Console()
@@ -106,8 +107,11 @@ def run_backtest(settings: Settings, plan: BacktestPlan, *, explicit_broker: boo
     stamp = datetime.now(timezone.utc).strftime("%Y%m%d-%H%M%S")
     ns = settings.namespace or f"bt-{stamp}"
     run_dir = Path(settings.data_dir) / "runs" / ns
-    settings = settings.with_(namespace=ns, interval=plan.interval, data_dir=str(run_dir))
-    result = RunResult(namespace=ns, plan=plan)
+    # replay_end: the processors reject a kline dated past the plan's range (one bad record must not
+    # poison a symbol's state)
+    settings = settings.with_(namespace=ns, interval=plan.interval, data_dir=str(run_dir), replay_end=plan.end)
+    database = database or run_database(ns)
+    result = RunResult(namespace=ns, plan=plan, database=database)
     t = {}
 
     t0 = time.monotonic()
@@ -121,11 +125,6 @@ def run_backtest(settings: Settings, plan: BacktestPlan, *, explicit_broker: boo
     try:
         kafka_io.ensure_topics(settings)
         ensure_executor_topics(settings)
-        store = AuditStore(settings.clickhouse_dsn, database=database)
-        store.client.command(f"DROP DATABASE IF EXISTS {database}")
-        store.ensure_schema()
-        console.print(f"[bold]ClickHouse[/] {settings.clickhouse_dsn} database [cyan]{database}[/]")
-
         run_dir.mkdir(parents=True, exist_ok=True)   # what `smc replay-topic` needs to score the same way
         (run_dir / "settings.env.json").write_bytes(orjson.dumps(to_env(settings), option=orjson.OPT_INDENT_2))
         worker = ProcessorWorker(settings, extra_env=worker_env)
@@ -149,15 +148,26 @@ def run_backtest(settings: Settings, plan: BacktestPlan, *, explicit_broker: boo
         result.counts.update(executor_signals=ex.signals, orders=ex.orders, executor_rejects=ex.rejects)
 
         t0 = time.monotonic()
-        with console.status("audit sink -> ClickHouse ..."):
+        with console.status("audit sink -> ClickHouse ..."), exclusive(settings.clickhouse_dsn):
+            # the producers (replay, worker, executor) are done: these ends are everything the run made
+            store = AuditStore(settings.clickhouse_dsn, database=database)
+            store.ensure_schema()   # the run's own database: no other run's audit trail is touched
+            console.print(f"[bold]ClickHouse[/] {settings.clickhouse_dsn} database [cyan]{database}[/]")
             sink = AuditSink(settings, store, topics=AUDIT_TOPICS, batch_rows=20_000)
-            sink.run_until_idle(idle_seconds=1.5)
-            sink.close()
-        t["audit_s"] = time.monotonic() - t0
-        result.counts["audit_rows"] = sum(sink.stats.inserted.values())
-
-        out = Path(report_dir) if report_dir else REPO_ROOT / "reports" / ns
-        result.summary = build_report(store, out, settings.equity, plan, console=console)
+            try:
+                sink.run_to_end(sink.end_offsets())
+                stored = sink.verify_complete()
+            except (AuditIncomplete, TimeoutError) as exc:
+                raise PipelineError(str(exc)) from None
+            finally:
+                sink.close()
+            t["audit_s"] = time.monotonic() - t0
+            result.counts["audit_rows"] = sum(sink.stats.inserted.values())
+            if stats.produced and not stored.get("klines"):
+                raise PipelineError(f"the run produced {stats.produced} klines and the audit trail holds none")
+            out = Path(report_dir) if report_dir else REPO_ROOT / "reports" / ns
+            result.summary = build_report(store, out, settings.equity, plan, console=console)
+            store.point_latest()
         result.report_dir = str(out)
         result.timings = t
         return result

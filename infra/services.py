@@ -29,14 +29,17 @@ class BrokerHandle:
 
     def __init__(self, settings: Settings, explicit: bool) -> None:
         self.settings = settings
-        self.started_local = False
+        self.holds_slot = False
         self.how = "configured"
         if explicit:
             local_broker.wait_ready(settings.kafka_bootstrap, timeout=60)
             return
         host, port = settings.kafka_bootstrap.rsplit(":", 1)
+        self.home = Path(settings.data_dir) / "kafka"
         if local_broker._port_open(int(port), host):
-            local_broker.wait_ready(settings.kafka_bootstrap)
+            # maybe another run's local broker: take a slot so that run does not stop it under us
+            local_broker.acquire(int(port), self.home, start_if_down=False)
+            self.holds_slot = True
             self.how = "already running"
         elif docker_engine_available():
             subprocess.run(["docker", "compose", "-f", str(REPO_ROOT / "infra" / "kafka.yml"), "up", "-d", "--wait"],
@@ -44,13 +47,15 @@ class BrokerHandle:
             local_broker.wait_ready(settings.kafka_bootstrap, timeout=120)
             self.how = "docker compose"
         else:
-            local_broker.start(int(port), Path(settings.data_dir) / "kafka")
-            self.started_local = True
-            self.how = "local KRaft broker (Maven Central jars)"
+            _, started = local_broker.acquire(int(port), self.home)
+            self.holds_slot = True
+            self.how = "local KRaft broker (Maven Central jars)" if started else "already running"
 
     def stop(self) -> None:
-        if self.started_local:
-            local_broker.stop(Path(self.settings.data_dir) / "kafka")
+        """Release this run's slot: the broker stops only when no other run uses it (and a run started it)."""
+        if self.holds_slot:
+            local_broker.release(self.home)
+            self.holds_slot = False
 
 
 class ProcessorWorker:

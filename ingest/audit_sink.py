@@ -8,12 +8,15 @@ on natural ids, so queries with FINAL never show the duplicates.
 
 Undecodable records go to the dlq topic (stage "audit") AND straight into the rejects table.
 
-Modes: `run_until_idle()` (tests, the batch main job: stop once caught up with the end offsets taken
-at start, or after `idle_seconds` without records) and `run_forever(stop)` (service).
+Modes: `run_to_end(ends)` (the batch main job: consume until every partition's position reaches the
+end offsets read when the producers finished, however slow the machine; then `verify_complete()`
+compares each table's distinct natural ids with the distinct ids the topic carried),
+`run_until_idle()` (tests: caught up with the ends taken at start, or idle) and `run_forever(stop)`.
 """
 from __future__ import annotations
 
 import logging
+import re
 import threading
 import time
 from dataclasses import dataclass, field
@@ -45,6 +48,26 @@ def decoder_for(base: str) -> tuple[AuditTable, Callable]:
     except KeyError:
         raise KeyError(f"no audit table for topic {base!r} (known: {sorted(TOPIC_TABLES)})") from None
     return table, DECODERS[table.message]
+
+
+class AuditIncomplete(RuntimeError):
+    """The audit trail of a finite run does not hold what its topics carried."""
+
+
+def natural_key_columns(table: AuditTable) -> list[str]:
+    """The columns a table's ReplacingMergeTree deduplicates on (a hashed column counts as itself)."""
+    cols = []
+    for part in table.order_by.split(","):
+        part = part.strip()
+        m = re.fullmatch(r"\w+\((\w+)\)", part)
+        cols.append(m.group(1) if m else part)
+    return cols
+
+
+def completeness_errors(expected: dict[str, int], stored: dict[str, int]) -> list[str]:
+    """One line per table whose stored distinct ids differ from the distinct ids its topic carried."""
+    return [f"table {t}: {stored.get(t, 0)} distinct rows stored, {n} distinct ids in the topic"
+            for t, n in sorted(expected.items()) if stored.get(t, 0) != n]
 
 
 @dataclass
@@ -81,6 +104,10 @@ class AuditSink:
         self._buffered = 0
         self._batch_started = 0.0
         self._subscribed = False
+        # distinct natural ids per table as the topics carried them: what verify_complete() expects
+        self._seen_ids: dict[str, set] = {}
+        self._key_cols = {t.name: natural_key_columns(t) for _base, t, _d in self.tables.values()}
+        self._key_cols.setdefault("rejects", natural_key_columns(TOPIC_TABLES["dlq"]))
 
     # ---- Kafka plumbing -------------------------------------------------------------------------
     def _subscribe(self) -> None:
@@ -130,8 +157,7 @@ class AuditSink:
         except Exception as exc:  # a decoder bug must not stop the audit trail
             self._reject(f"{type(exc).__name__}: {exc}", raw, msg.key(), name, part, off)
         else:
-            self._buffers.setdefault(table.name, []).append(row)
-            self._buffered += 1
+            self._buffer(table.name, row)
         self._pending_offsets[(name, part)] = off + 1
 
     def _reject(self, reason: str, raw, key, name: str, part: int, off: int) -> None:
@@ -139,8 +165,12 @@ class AuditSink:
         self.stats.rejected += 1
         send_reject(self.producer, self.settings, "audit", reason, raw, key, name, part, off)
         rej = make_reject("audit", reason, raw, key, int(time.time() * 1000), name, part, off)
-        self._buffers.setdefault("rejects", []).append(rej)
+        self._buffer("rejects", rej)
+
+    def _buffer(self, table: str, row) -> None:
+        self._buffers.setdefault(table, []).append(row)
         self._buffered += 1
+        self._seen_ids.setdefault(table, set()).add(tuple(getattr(row, c) for c in self._key_cols[table]))
 
     def flush(self) -> int:
         """Insert every buffered row, then commit the consumed offsets (never before the insert)."""
@@ -226,6 +256,52 @@ class AuditSink:
         return self.stats
 
     drain = run_until_idle
+
+    def run_to_end(self, ends: dict[tuple[str, int], int], max_seconds: float = 3600.0) -> SinkStats:
+        """Consume until every partition's position reaches `ends` (no idle cut-off: a slow fetch or a
+        late group join only makes it take longer); TimeoutError names the partitions still behind."""
+        self._subscribe()
+        deadline = time.monotonic() + max_seconds
+        behind = dict(ends)
+        while True:
+            got = self.poll_once(timeout=0.2)
+            if not got and self._assigned:
+                behind = self._behind({k: ends[k] for k in behind})
+                if not behind:
+                    break
+            if time.monotonic() > deadline:
+                lag = ", ".join(f"{t}[{p}] at {o} of {ends[(t, p)]}" for (t, p), o in sorted(behind.items()))
+                raise TimeoutError(f"audit sink did not reach the end offsets in {max_seconds:.0f}s: {lag}")
+        self.flush()
+        return self.stats
+
+    def _behind(self, ends: dict[tuple[str, int], int]) -> dict[tuple[str, int], int]:
+        """{partition: position} of the partitions whose consumed position (or committed offset) is short of the end."""
+        out = {}
+        todo = [TopicPartition(t, p) for (t, p), end in ends.items() if end > 0]
+        if not todo:
+            return out
+        mine = [tp for tp in todo if (tp.topic, tp.partition) in self._assigned]
+        positions = {(tp.topic, tp.partition): tp.offset for tp in self.consumer.position(mine)} if mine else {}
+        committed = {(tp.topic, tp.partition): tp.offset
+                     for tp in self.consumer.committed(todo, timeout=10)}
+        for tp in todo:
+            k = (tp.topic, tp.partition)
+            at = max(positions.get(k, OFFSET_INVALID), committed.get(k, OFFSET_INVALID))
+            if at < ends[k]:
+                out[k] = at
+        return out
+
+    def verify_complete(self) -> dict[str, int]:
+        """Distinct stored rows per table (FINAL) equal the distinct natural ids the topics carried, or
+        AuditIncomplete naming each table and both counts. Returns the stored counts."""
+        self.flush()
+        expected = {t: len(ids) for t, ids in self._seen_ids.items()}
+        stored = {t: self.store.count(t) for t in expected}
+        errors = completeness_errors(expected, stored)
+        if errors:
+            raise AuditIncomplete("audit trail incomplete: " + "; ".join(errors))
+        return stored
 
     def run_forever(self, stop: threading.Event | None = None) -> SinkStats:
         stop = stop or threading.Event()

@@ -35,7 +35,7 @@ import faust
 
 from infra.settings import Settings
 from processors import faust_guards
-from processors.core import KlineProcessor, expired_windows
+from processors.core import open_time_limit, KlineProcessor, expired_windows
 from processors.delivery import BatchDelivery
 from processors.faust_batches import ReadyBatches
 from processors.scoring import load_scorer
@@ -101,7 +101,9 @@ def create_app(settings: Settings) -> faust.App:
                          key_type=str, value_type=bytes).tumbling(htf_period / 1000)
     htf_table = htf_bars.table
     processor = KlineProcessor(load_scorer(settings.model_path), settings.strategy_version,
-                               settings.interval, settings.htf_factor)
+                               settings.interval, settings.htf_factor,
+                               time_limit=open_time_limit(settings.interval, settings.replay_end,
+                                                          lambda: int(time.time() * 1000)))
     # process_s: time in the pure core and producing the signals; deliver_s: the rest of the group commit
     # (Faust consumes meanwhile)
     stats = {"klines": 0, "signals": 0, "rejects": 0, "batches": 0, "partitions": 0, "process_s": 0.0, "deliver_s": 0.0}

@@ -9,7 +9,7 @@ the Faust tables and their changelogs hold) are the source of truth after a rest
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Iterable, Protocol
+from typing import Callable, Iterable, Protocol
 
 import numpy as np
 import orjson
@@ -85,6 +85,15 @@ def signal_bytes(symbol: str, out, confidence: float, model_version: str, strate
     return orjson.dumps(_signal_fields(symbol, out, confidence, model_version, strategy_version))
 
 
+def open_time_limit(interval: str, replay_end: int, now_ms: Callable[[], int]) -> Callable[[], tuple[int, str]]:
+    """The latest open_time a processor accepts: the replay's declared end (exclusive) when it has one,
+    else the wall clock, plus one interval of slack."""
+    step = interval_ms(interval)
+    if replay_end > 0:
+        return lambda: (replay_end - 1 + step, f"the replay's declared range (end {replay_end})")
+    return lambda: (now_ms() + step, "the wall clock")
+
+
 def expired_windows(keys: Iterable[tuple], horizon: float) -> list[tuple]:
     """Windowed-table keys (symbol, (start, end)) starting more than `horizon` before their symbol's
     newest window: the open window of a symbol, however old, is never expired."""
@@ -98,8 +107,11 @@ def expired_windows(keys: Iterable[tuple], horizon: float) -> list[tuple]:
 
 class KlineProcessor:
     def __init__(self, scorer: Scorer, strategy_version: str, interval: str = "1m", htf_factor: int = 5,
-                 config: SmcConfig | None = None) -> None:
+                 config: SmcConfig | None = None, time_limit: Callable[[], tuple[int, str]] | None = None) -> None:
+        """time_limit: () -> (latest acceptable open_time in ms, what that bound is), read once per batch;
+        None accepts any time (the pure tests)."""
         self.scorer = scorer
+        self.time_limit = time_limit
         self.strategy_version = strategy_version
         self.interval = interval
         step = interval_ms(interval)
@@ -143,6 +155,7 @@ class KlineProcessor:
         outputs: list[tuple[str, object]] = []
         touched = result.touched
         windows = result.touched_windows
+        limit, limit_what = self.time_limit() if self.time_limit is not None else (None, "")
         for key, raw in records:
             result.klines += 1
             try:
@@ -157,6 +170,12 @@ class KlineProcessor:
                 continue
             if k.interval != self.interval:
                 result.rejects.append((f"Kline.interval={k.interval!r}: this processor runs on {self.interval} bars", key, raw))
+                continue
+            if limit is not None and k.open_time > limit:
+                # before the state is touched: a bar from 2100 would make every real bar after it
+                # "out-of-order" and disable the symbol for good
+                result.rejects.append((f"Kline.open_time={k.open_time}: beyond {limit_what} by more than one interval "
+                                       f"(latest accepted {limit})", key, raw))
                 continue
             state = touched.get(k.symbol) or self._state(k.symbol, tables)
             last = state.base.last_time

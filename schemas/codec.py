@@ -7,6 +7,7 @@ type's own invariants. One mechanism for all types keeps the decoders consistent
 from __future__ import annotations
 
 import dataclasses
+import json
 import math
 import typing
 from typing import Any, Callable, TypeVar
@@ -96,28 +97,49 @@ def _check(type_name: str, name: str, hint: Any, value: Any) -> Any:
     return value
 
 
+_NON_FINITE = {"NaN": math.nan, "Infinity": math.inf, "-Infinity": -math.inf}
+
+
+def _with_non_finite(raw: bytes | str) -> Any:
+    """The object of a payload orjson refused only for NaN/Infinity tokens (the field checks then name
+    the field), else None: such a payload is malformed JSON."""
+    try:
+        return json.loads(raw, parse_constant=_NON_FINITE.__getitem__)
+    except (ValueError, KeyError, TypeError):
+        return None
+
+
 def decode_as(cls: type[T], raw: bytes | str | dict, validate: Callable[[T], None] | None = None) -> T:
     """Decode and validate one message; raises SchemaError naming the field and the value."""
     type_name = cls.__name__
+    finite = False    # orjson refuses NaN and infinities: what it parsed needs no finiteness check
     if isinstance(raw, dict):
         obj = raw
     else:
         try:
             obj = orjson.loads(raw)
+            finite = True
         except orjson.JSONDecodeError as exc:
-            raise SchemaError(type_name, "<payload>", raw[:60] if raw else raw, f"malformed JSON ({exc})") from None
+            obj = _with_non_finite(raw)
+            if obj is None:
+                raise SchemaError(type_name, "<payload>", raw[:60] if raw else raw, f"malformed JSON ({exc})") from None
     if not isinstance(obj, dict):
         raise SchemaError(type_name, "<payload>", obj, "expected a JSON object")
     fast = _fast_spec(cls)
-    if fast is not None and _is_exact(obj, fast, parsed=obj is not raw):
+    if fast is not None and _is_exact(obj, fast, parsed=finite):
         # what our own encoders write: nothing to coerce, so skip the per-field checks (the slow path
         # below gives the same object, and the precise error for anything else)
         msg = cls(**obj)
         if validate is not None:
             validate(msg)
         return msg
+    spec = _spec(cls)
+    if len(obj) > len(spec) or not obj.keys() <= {n for n, _, _ in spec}:
+        known = {n for n, _, _ in spec}
+        extra = next(k for k in obj if k not in known)
+        raise SchemaError(type_name, str(extra)[:60], obj[extra], "unknown field")
     kwargs = {}
-    for name, hint, has_default in _spec(cls):
+    for name, hint, has_default in spec:
         if name not in obj:
             if has_default:
                 continue

@@ -2,11 +2,17 @@
 from __future__ import annotations
 
 import base64
+import hashlib
 from dataclasses import dataclass
 
 from schemas.codec import decode_as, encode
 
 SCHEMA_VERSION = 1
+# A dlq record must stay far under the broker's 1 MB message limit whatever it rejects (a 900 KB
+# record embedded whole in base64 overflowed it and crashed the agent): the raw bytes are cut to
+# RAW_CAP, the reason to REASON_CAP, and the original length and sha256 identify the whole record.
+RAW_CAP = 64 * 1024
+REASON_CAP = 2048
 
 
 @dataclass(slots=True, frozen=True)
@@ -20,6 +26,8 @@ class Reject:
     partition: int = -1
     offset: int = -1
     v: int = SCHEMA_VERSION
+    raw_len: int = -1       # length of the original bytes (raw_b64 holds at most RAW_CAP of them)
+    raw_sha256: str = ""    # sha256 (hex) of the original bytes
 
     @property
     def raw(self) -> bytes:
@@ -32,8 +40,12 @@ def make_reject(stage: str, reason: str, raw: bytes | str | None, key: str | byt
         raw = raw.encode()
     if isinstance(key, bytes):
         key = key.decode(errors="replace")
-    return Reject(stage=stage, reason=reason, key=key or "", raw_b64=base64.b64encode(raw or b"").decode(),
-                  ts=ts, topic=topic, partition=partition, offset=offset)
+    raw = raw or b""
+    if len(reason) > REASON_CAP:
+        reason = reason[:REASON_CAP] + f"... ({len(reason)} chars)"
+    return Reject(stage=stage, reason=reason, key=(key or "")[:256], raw_b64=base64.b64encode(raw[:RAW_CAP]).decode(),
+                  ts=ts, topic=topic, partition=partition, offset=offset, raw_len=len(raw),
+                  raw_sha256=hashlib.sha256(raw).hexdigest())
 
 
 def decode_reject(raw: bytes | str | dict) -> Reject:

@@ -52,8 +52,7 @@ def test_processor_signals_decode_and_validate():
 
 def _slow_decode_kline(raw: bytes) -> Kline:
     """decode_as without its exact-types fast path: the field-by-field checks."""
-    obj = orjson.loads(raw)
-    obj["_force_slow_path"] = 1      # an unknown key disables the fast path; the slow path ignores it
+    obj = dict(reversed(orjson.loads(raw).items()))   # keys out of declaration order disable the fast path
     return decode_as(Kline, obj, validate_kline)
 
 
@@ -184,3 +183,31 @@ def test_a_version_1_state_keeps_its_open_window():
     old.states = {symbol: v1}                       # no window table yet
     rest = _run(KlineProcessor(HeuristicScorer(), "s1", "1h", 5), old, records[cut:], 1000)
     assert rest == ref[len(ref) - len(rest):] and old.states == ref_tables.states
+
+
+def test_a_far_future_kline_is_rejected_and_does_not_poison_the_symbol():
+    from processors.core import open_time_limit
+    ks = [k for k in _real_klines(1, 30)]
+    hour = 3_600_000
+    end = ks[-1].open_time + hour                     # the replay's declared range ends after the last bar
+    proc = KlineProcessor(HeuristicScorer(), "s1", "1h", 5, time_limit=open_time_limit("1h", end, lambda: 0))
+    y2100 = 4_102_444_800_000
+    bad = Kline(ks[0].symbol, "1h", y2100, y2100 + hour - 1, 10.0, 11.0, 9.0, 10.5, 1.0, source="replay")
+    edge = ks[-1]
+    records = [(k.symbol.encode(), encode_kline(k)) for k in ks[:10]] + [(bad.symbol.encode(), encode_kline(bad))] \
+        + [(k.symbol.encode(), encode_kline(k)) for k in ks[10:]]
+    res = proc.process(records, MemoryTables())
+    assert len(res.rejects) == 1
+    reason = res.rejects[0][0]
+    assert f"Kline.open_time={y2100}" in reason and "declared range" in reason
+    assert res.klines == len(records)
+    assert sum(1 for s in res.signals if decode_signal(s[1]).timeframe == "1h") == len(ks)   # every real bar after it too
+    # one interval past the range is the slack; beyond it, rejected
+    nxt = Kline(edge.symbol, "1h", end + hour, end + 2 * hour - 1, 10.0, 11.0, 9.0, 10.5, 1.0, source="replay")
+    assert proc.process([(nxt.symbol.encode(), encode_kline(nxt))], MemoryTables()).rejects
+
+
+def test_live_bound_is_the_wall_clock_plus_one_interval():
+    from processors.core import open_time_limit
+    limit, what = open_time_limit("1m", 0, lambda: 1_000_000)()
+    assert limit == 1_060_000 and what == "the wall clock"
