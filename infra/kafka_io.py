@@ -48,14 +48,19 @@ def ensure_topics(settings: Settings, bases: Iterable[str] | None = None, timeou
         config = {"cleanup.policy": spec.cleanup, "retention.ms": str(spec.retention_ms)}
         new.append(NewTopic(name, num_partitions=spec.partitions, replication_factor=1, config=config))
     if new:
-        for name, fut in adm.create_topics(new, operation_timeout=timeout).items():
-            try:
-                fut.result()
-            except KafkaException as exc:
-                if "TOPIC_ALREADY_EXISTS" not in str(exc):
-                    raise
-        _wait_topics(adm, [t.topic for t in new], timeout)
+        _create_topics(adm, new, timeout)
     return [topic(settings, b) for b in bases]
+
+
+def _create_topics(adm: AdminClient, new: list[NewTopic], timeout: float) -> None:
+    """Create topics (one created meanwhile by another process is fine) and wait until they are usable."""
+    for _name, fut in adm.create_topics(new, operation_timeout=timeout).items():
+        try:
+            fut.result()
+        except KafkaException as exc:
+            if "TOPIC_ALREADY_EXISTS" not in str(exc):
+                raise
+    _wait_topics(adm, [t.topic for t in new], timeout)
 
 
 class TopicMismatch(RuntimeError):
@@ -80,13 +85,7 @@ def ensure_exact_topics(settings: Settings, names: dict[str, int], config: dict[
     new = [NewTopic(n, num_partitions=p, replication_factor=1, config=dict(config or {}))
            for n, p in names.items() if n not in md]
     if new:
-        for _name, fut in adm.create_topics(new, operation_timeout=timeout).items():
-            try:
-                fut.result()
-            except KafkaException as exc:
-                if "TOPIC_ALREADY_EXISTS" not in str(exc):
-                    raise
-        _wait_topics(adm, [t.topic for t in new], timeout)
+        _create_topics(adm, new, timeout)
         # a concurrent creator may have used another partition count: check what exists now
         ensure_exact_topics(settings, {t.topic: t.num_partitions for t in new}, config, timeout)
 
