@@ -2,6 +2,7 @@
 and each run's audit trail lives in its own database, with smc_latest showing the last finished one."""
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
@@ -10,7 +11,7 @@ import uuid
 import pytest
 
 from infra import local_broker
-from infra.clickhouse import AuditStore, exclusive, run_database
+from infra.clickhouse import run_database
 from infra.settings import REPO_ROOT
 
 
@@ -58,6 +59,23 @@ def test_a_broker_no_run_started_is_never_stopped(kafka_bootstrap, tmp_path):
     local_broker.wait_ready(kafka_bootstrap, timeout=5)
 
 
+_RUN_COUNTS = """
+import json, sys
+from infra.clickhouse import AuditStore, exclusive, run_database
+dsn, tag = sys.argv[1], sys.argv[2]
+out = {"klines": [], "signals_1h": []}
+with exclusive(dsn):
+    for i in range(2):
+        store = AuditStore(dsn, database=run_database(f"par{i}-{tag}"))
+        _, rows = store.query(f"SELECT symbol, count() FROM {store.database}.klines FINAL GROUP BY symbol ORDER BY symbol")
+        out["klines"].append([list(r) for r in rows])
+        out["signals_1h"].append(store.count("signals", "timeframe = '1h'"))
+    _, latest = store.query("SELECT uniqExact(symbol), count() FROM smc_latest.klines")
+    out["latest"] = list(latest[0])
+print(json.dumps(out))
+"""
+
+
 @pytest.mark.kafka
 @pytest.mark.timeout(900)
 def test_two_concurrent_runs_both_succeed_with_their_own_data(kafka_bootstrap, tmp_path):
@@ -75,17 +93,17 @@ def test_two_concurrent_runs_both_succeed_with_their_own_data(kafka_bootstrap, t
     outs = [p.communicate(timeout=800)[0] for p in procs]
     for p, out in zip(procs, outs):
         assert p.returncode == 0, out[-3000:]
-    dsn = f"chdb://{chdb}"
-    with exclusive(dsn):
-        for i, symbols in enumerate(("BTCUSDT,ETHUSDT", "SOLUSDT,XRPUSDT")):
-            store = AuditStore(dsn, database=run_database(f"par{i}-{tag}"))
-            _, rows = store.query(f"SELECT symbol, count() FROM {store.database}.klines FINAL GROUP BY symbol ORDER BY symbol")
-            assert [r[0] for r in rows] == sorted(symbols.split(","))
-            assert all(n == 72 for _, n in rows), rows                  # 3 days of 1h bars each
-            assert store.count("signals", "timeframe = '1h'") == 144
-        # smc_latest shows one of the two finished runs, whole
-        _, latest = store.query("SELECT uniqExact(symbol), count() FROM smc_latest.klines")
-        assert latest[0] == (2, 144)
+    # read in a fresh process: chDB opens one path per process, and this test process may hold another
+    r = subprocess.run([sys.executable, "-c", _RUN_COUNTS, f"chdb://{chdb}", tag], cwd=REPO_ROOT,
+                       capture_output=True, text=True, timeout=120)
+    assert r.returncode == 0, r.stderr[-2000:]
+    counts = json.loads(r.stdout.strip().splitlines()[-1])
+    for i, symbols in enumerate(("BTCUSDT,ETHUSDT", "SOLUSDT,XRPUSDT")):
+        rows = counts["klines"][i]
+        assert [row[0] for row in rows] == sorted(symbols.split(","))
+        assert all(n == 72 for _, n in rows), rows                      # 3 days of 1h bars each
+        assert counts["signals_1h"][i] == 144
+    assert counts["latest"] == [2, 144]                                 # smc_latest: one of the two runs, whole
     from infra import kafka_io
     from infra.settings import load_settings
     for i in range(2):
