@@ -33,6 +33,7 @@ class Settings:
     broker: str = "paper"                        # SMC_BROKER: paper | binance
     symbols_per_shard: int = 50                  # SMC_SYMBOLS_PER_SHARD (<= 200 streams per connection)
     equity: float = 10_000.0                     # SMC_EQUITY: paper starting equity (USDT)
+    delivery_timeout_s: float = 300.0            # SMC_DELIVERY_TIMEOUT_S: how long the processors wait out a broker outage, then exit non-zero
     api_key: str = field(default="", repr=False)      # BINANCE_API_KEY (environment only)
     api_secret: str = field(default="", repr=False)   # BINANCE_API_SECRET (environment only)
 

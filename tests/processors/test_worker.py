@@ -16,6 +16,7 @@ from infra import kafka_io
 from infra.settings import to_env
 from infra.table_view import changelog, htf_bars
 from processors.core import KlineProcessor, MemoryTables
+from processors.offsets import is_marker, marker_key
 from processors.scoring import HeuristicScorer
 from schemas import decode_signal, encode_kline, interval_ms
 
@@ -45,6 +46,11 @@ def assert_changelogs_equal(settings, tables: MemoryTables) -> None:
     """Both tables' changelogs hold exactly the in-process run's final tables: the engines' state per
     symbol, and per (symbol, window on the UTC grid) the HTF bar (M5 in production) built from its bars."""
     states = changelog(settings, "symbol-state")
+    markers = {k: int(v) for k, v in states.items() if is_marker(k)}
+    # every partition's marker = the end of its klines partition: the state took every record, once
+    ends = kafka_io.end_offsets(settings, "klines")
+    assert markers == {marker_key(p): high for p, (low, high) in ends.items() if high > low}
+    states = {k: v for k, v in states.items() if not is_marker(k)}
     assert states == {sym.encode(): blob for sym, blob in tables.states.items()}
     period_s = interval_ms(settings.interval) * settings.htf_factor / 1000
     windows = {}
@@ -215,18 +221,13 @@ def test_two_workers_split_partitions_and_take_over(s1h):
     assert_changelogs_equal(s1h, tables)
 
 
-@pytest.mark.xfail(strict=False, reason="faust-streaming 0.15.3 can hand a record to the agent after its successors "
-                   "when three generations follow each other within seconds; the bar is then rejected as out-of-order "
-                   "and has no signal (12 of 34 runs in session 4, 2 of 10 with the session-3 code the same day); "
-                   "processors/faust_guards.py and README: Status and known limits")
 def test_take_over_in_the_middle_of_rebalances(s1h):
-    """Both workers start at once and a stops while the group is still settling: records are in flight
-    through three generations. Faust's consumer drops, skips or re-fetches records around each
-    generation change; processors/faust_guards.py removes the drop-then-commit-past path (seen: 499
-    klines dropped against a stale read offset, then committed over), but some runs still stall with
-    lag or miss a few bars, so this stays a non-strict xfail that keeps the scenario visible."""
+    """Both workers start at once on a fresh namespace and a stops while the group is still settling:
+    records are in flight through three generations. Faust's consumer drops, skips, re-fetches and
+    reorders records around each generation change (processors/faust_guards.py); the offset gate
+    (processors/offsets.py) makes the state take each record once, in order, whatever it is handed."""
     klines = load_klines("klines_1h.parquet", SYMBOLS, limit_per_symbol=400)
-    expected = expected_signals(klines, s1h)
+    expected, tables = expected_run(klines, s1h)
     third = len(klines) // 3
     produce(s1h, klines[:third])
     a, b = Worker(s1h, "a"), Worker(s1h, "b")
@@ -245,6 +246,7 @@ def test_take_over_in_the_middle_of_rebalances(s1h):
     assert not missing and not extra, f"missing {len(missing)}, extra {len(extra)}"
     # records in flight across a rebalance may be processed twice (at-least-once), never differently
     assert all(raw == expected[sid] for sid, raws in got.items() for raw in raws)
+    assert_changelogs_equal(s1h, tables)
 
 
 @pytest.mark.kafka
