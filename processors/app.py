@@ -45,6 +45,7 @@ import time
 import orjson
 
 import faust
+from aiokafka.errors import KafkaError
 from faust.types import TP
 
 from infra.settings import Settings
@@ -52,7 +53,8 @@ from processors import faust_guards
 from processors.core import open_time_limit, KlineProcessor, expired_windows
 from processors.delivery import BatchDelivery
 from processors.faust_batches import ReadyBatches
-from processors.offsets import GAP, PROCESS, REDELIVERY, OffsetGate, decode_offset, encode_offset, marker_key
+from processors.offsets import (GAP, PROCESS, REDELIVERY, STALL_S, OffsetGate, decode_offset, encode_offset,
+                                marker_key)
 from processors.scoring import load_scorer
 from schemas import encode_reject, interval_ms, make_reject, topic_name
 
@@ -196,9 +198,23 @@ def create_app(settings: Settings) -> faust.App:
             return
         committed = app.consumer._committed_offset   # faust_guards.check_compatible() vouches for it
         unknown = [tp for tp in new if not committed.get(tp)]
-        earliest = await app.consumer.earliest_offsets(*unknown) if unknown else {}
+        earliest = await log_start(unknown) if unknown else {}
         for tp in new:
             gate.start(tp.partition, committed.get(tp) or earliest.get(tp) or 0)
+
+    async def log_start(tps: list) -> dict:
+        """The partitions' first offsets, waiting out a broker outage as delivery does (SMC_DELIVERY_TIMEOUT_S)."""
+        deadline = time.monotonic() + settings.delivery_timeout_s
+        while True:
+            try:
+                return await asyncio.wait_for(app.consumer.earliest_offsets(*tps),
+                                              max(1.0, deadline - time.monotonic()))
+            except (asyncio.TimeoutError, KafkaError) as exc:
+                if time.monotonic() >= deadline:
+                    raise RuntimeError(f"the first offsets of {sorted(tp.partition for tp in tps)} of {klines_topic} "
+                                       f"could not be read within {settings.delivery_timeout_s:.0f} s "
+                                       f"(SMC_DELIVERY_TIMEOUT_S): {type(exc).__name__}: {exc}") from None
+                await asyncio.sleep(1.0)
 
     async def seek_back() -> None:
         """Seek partitions with a gap back to the offset their state expects (OffsetGapError: fail loud)."""
@@ -235,6 +251,9 @@ def create_app(settings: Settings) -> faust.App:
                 stats["redelivered"] += 1      # the state holds it already: no dead letter, no signal
             else:
                 assert verdict is GAP
+                if not stats["held_back"] % 1000:
+                    log.warning("klines partition %d: record %d came before %d; held back", m.partition, m.offset,
+                                gate.expected(m.partition))
                 stats["held_back"] += 1        # comes again after the seek back
         return records
 
@@ -332,13 +351,19 @@ def create_app(settings: Settings) -> faust.App:
             fail_loud(f"agent process_klines: {type(exc).__name__}: {exc}")
 
     @app.timer(2.0)
-    async def _retry_seeks():
-        """A partition sought back whose expected record has not come yet: seek again (bounded)."""
-        if gate.pending:
-            try:
+    async def _watch_partitions():
+        """Seek back a partition whose expected record has not come yet (again, bounded), or that went quiet
+        with records left (processors.offsets)."""
+        try:
+            now = time.monotonic()
+            for tp in app.consumer.assignment():
+                if tp.topic == klines_topic and gate.check_stalled(tp.partition, app.consumer.highwater(tp), now):
+                    log.warning("klines partition %d took nothing for %.0f s with records left (expects %s, end %s)",
+                                tp.partition, STALL_S, gate.expected(tp.partition), app.consumer.highwater(tp))
+            if gate.pending:
                 await seek_back()
-            except Exception as exc:    # noqa: BLE001 - OffsetGapError included
-                fail_loud(f"offset gate: {type(exc).__name__}: {exc}")
+        except Exception as exc:        # noqa: BLE001 - OffsetGapError included
+            fail_loud(f"offset gate: {type(exc).__name__}: {exc}")
 
     @app.on_before_shutdown.connect
     async def _close_delivery(sender, **kwargs):
@@ -360,7 +385,7 @@ def create_app(settings: Settings) -> faust.App:
     @app.on_rebalance_complete.connect
     async def _after_rebalance(sender, **kwargs):
         processor.forget()   # the table's bytes are the truth after a rebalance
-        gate.forget_pending()
+        gate.assigned({tp.partition for tp in app.consumer.assignment() if tp.topic == klines_topic}, time.monotonic())
         stats["partitions"] = sum(1 for tp in app.consumer.assignment() if tp.topic == klines.get_topic_name())
 
     return app

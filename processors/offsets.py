@@ -18,6 +18,9 @@ For each record the gate answers:
     is sought back to the expected offset, and every record of it is skipped until that one comes.
 A partition whose expected record does not come after `SEEK_ATTEMPTS` seeks stops the worker loudly
 (the record is gone: retention, or a writer that is not idempotent), never a silent skip.
+A partition can also go quiet with records left (the consumer's position moved past a record that a
+rebalance took from the agent, and nothing later is left to reveal the gap): one behind its end offset
+that took nothing for `STALL_S` is sought back the same way.
 """
 from __future__ import annotations
 
@@ -28,6 +31,7 @@ MARKER_PREFIX = b"\x00next-offset/"
 PROCESS, REDELIVERY, GAP = "process", "redelivery", "gap"
 SEEK_RETRY_S = 10.0     # a seek that brought nothing in this long is repeated
 SEEK_ATTEMPTS = 6       # ... at most this many times; then the worker stops
+STALL_S = 30.0          # a partition behind its end offset that took nothing for this long is sought back
 
 
 def marker_key(partition: int) -> bytes:
@@ -70,6 +74,7 @@ class OffsetGate:
         self._stored = stored
         self.advanced: dict[int, int] = {}     # this group's expectations, durable after the group commit
         self.pending: dict[int, PendingSeek] = {}
+        self.last_taken: dict[int, float] = {}  # monotonic time a partition last took a record (or was assigned)
 
     def expected(self, partition: int) -> Optional[int]:
         got = self.advanced.get(partition)
@@ -86,6 +91,7 @@ class OffsetGate:
         if offset == expected:
             self.advanced[partition] = offset + 1
             self.pending.pop(partition, None)
+            self.last_taken[partition] = now
             return PROCESS
         if offset < expected:
             return REDELIVERY
@@ -115,6 +121,21 @@ class OffsetGate:
     def stored_now(self) -> None:
         self.advanced.clear()
 
-    def forget_pending(self) -> None:
-        """A rebalance: the new assignment starts from the committed offsets; stale seeks must not run."""
-        self.pending.clear()
+    def check_stalled(self, partition: int, end_offset: int | None, now: float) -> bool:
+        """A partition with records left that took none for STALL_S gets a seek back; True if it did."""
+        expected = self.expected(partition)
+        if expected is None or end_offset is None or end_offset <= expected or partition in self.pending:
+            return False
+        if now - self.last_taken.setdefault(partition, now) < STALL_S:
+            return False
+        self.pending[partition] = PendingSeek(expected, now - SEEK_RETRY_S)
+        return True
+
+    def assigned(self, partitions: set[int], now: float) -> None:
+        """A rebalance: seeks of partitions gone elsewhere must not run (their new owner resumes from the
+        stored expectation); those kept go on; every assigned partition gets STALL_S from now."""
+        for partition in list(self.pending):
+            if partition not in partitions:
+                del self.pending[partition]
+        for partition in partitions:
+            self.last_taken[partition] = now

@@ -5,7 +5,7 @@ import random
 
 import pytest
 
-from processors.offsets import (GAP, PROCESS, REDELIVERY, SEEK_ATTEMPTS, SEEK_RETRY_S, OffsetGapError, OffsetGate,
+from processors.offsets import (GAP, PROCESS, REDELIVERY, SEEK_ATTEMPTS, SEEK_RETRY_S, STALL_S, OffsetGapError, OffsetGate,
                                 decode_offset, encode_offset, is_marker, marker_key)
 
 
@@ -51,11 +51,22 @@ def test_a_record_that_never_comes_back_stops_the_worker_after_bounded_seeks():
         gate.seeks_due(t)
 
 
-def test_a_rebalance_forgets_pending_seeks():
-    gate = OffsetGate({0: 1}.get)
-    assert gate.classify(0, 4, 0.0) == GAP
-    gate.forget_pending()
-    assert gate.seeks_due(100.0) == []
+def test_a_rebalance_drops_the_seeks_of_partitions_gone_and_keeps_the_others():
+    gate = OffsetGate({0: 1, 1: 1}.get)
+    assert gate.classify(0, 4, 0.0) == GAP and gate.classify(1, 4, 0.0) == GAP
+    gate.assigned({1}, 0.0)
+    assert gate.seeks_due(100.0) == [(1, 1)]
+
+
+def test_a_quiet_partition_with_records_left_is_sought_back():
+    gate = OffsetGate({0: 10}.get)
+    gate.assigned({0}, 0.0)
+    assert not gate.check_stalled(0, 10, 100.0)             # nothing left: quiet is fine
+    assert not gate.check_stalled(0, 15, STALL_S - 1)       # records left, not for long yet
+    assert gate.check_stalled(0, 15, STALL_S + 1)
+    assert gate.seeks_due(STALL_S + 1) == [(0, 10)]
+    assert gate.classify(0, 10, STALL_S + 2) == PROCESS and not gate.pending
+    assert not gate.check_stalled(0, 15, STALL_S + 3)       # it took one just now
 
 
 def test_unstarted_partition_is_an_error_not_a_guess():
