@@ -136,7 +136,8 @@ def create_app(settings: Settings) -> faust.App:
     processor = KlineProcessor(load_scorer(settings.model_path), settings.strategy_version,
                                settings.interval, settings.htf_factor,
                                time_limit=open_time_limit(settings.interval, settings.replay_end,
-                                                          lambda: int(time.time() * 1000)))
+                                                          lambda: int(time.time() * 1000)),
+                               universe=[x for x in settings.universe.split(",") if x] or None)
     # process_s: time in the pure core and producing the signals; deliver_s: the rest of the group commit
     # (Faust consumes meanwhile)
     # klines: records the state took (each offset once); redelivered / held_back: skipped by the offset gate;
