@@ -45,7 +45,7 @@ import time
 import orjson
 
 import faust
-from aiokafka.errors import KafkaError
+from aiokafka.errors import IllegalStateError, KafkaError
 from faust.types import TP
 
 from infra.settings import Settings
@@ -228,7 +228,10 @@ def create_app(settings: Settings) -> faust.App:
             log.warning("klines partition %d: record %d has not reached the state yet; seeking back to it",
                         partition, offset)
             stats["seeks"] += 1
-            await app.consumer.seek(tp, offset)
+            try:
+                await app.consumer.seek(tp, offset)
+            except IllegalStateError:       # revoked since the assignment was read: the new owner resumes
+                gate.pending.pop(partition, None)
 
     def expired_assigned() -> list:
         """Windows past HTF_KEEP of the symbols whose partitions this worker holds now."""
@@ -355,6 +358,8 @@ def create_app(settings: Settings) -> faust.App:
     async def _watch_partitions():
         """Seek back a partition whose expected record has not come yet (again, bounded), or that went quiet
         with records left (processors.offsets)."""
+        if app.rebalancing or not app.consumer.flow_active:
+            return                      # nothing flows now; the assignment's end resets the stall clocks
         try:
             now = time.monotonic()
             for tp in app.consumer.assignment():
