@@ -1,7 +1,8 @@
 """Training / evaluation samples from recorded klines, with the processors' own feature code.
 
-Per symbol: `processors.smc.compute_batch(bars, SmcConfig(interval_ms, htf_factor=5))` (base timeframe
-rows, HTF trend included, i.e. exactly what `SymbolState` -> `KlineProcessor` produces bar by bar).
+Per symbol and period: `processors.smc.compute_batch(bars, SmcConfig(interval_ms, htf_factor=5))` (base
+timeframe rows, HTF trend included, i.e. exactly what `SymbolState` -> `KlineProcessor` produces bar by
+bar; on 1m bars the HTF is 5m). Data: the real Binance USD-M perpetual 1m sets in ingest/recorded.
 
 Candidates = bars whose setup side is long or short: those are the only bars the executor trades
 (a flat signal is skipped before the confidence is even looked at), so the model is trained on, and
@@ -30,15 +31,12 @@ MINUTE_MS = 60_000
 INTERVALS = {"1m": MINUTE_MS, "5m": 5 * MINUTE_MS, "15m": 15 * MINUTE_MS, "1h": HOUR_MS}
 REPO = Path(__file__).resolve().parent.parent
 RECORDED = REPO / "ingest" / "recorded"
-FULL_1H = RECORDED / "klines_1h_full.parquet"
-WIDE_1H = RECORDED / "klines_1h.parquet"
 PERPS_1M = {p: RECORDED / f"perps_1m_{p}.parquet" for p in ("2023-07", "2025-02", "2025-05")}
 FUNDING = {p: RECORDED / f"funding_{p}.parquet" for p in ("2023-07", "2025-02", "2025-05")}
-MAJORS = ("BTCUSDT", "ETHUSDT", "SOLUSDT", "XRPUSDT", "BNBUSDT", "DOGEUSDT", "ADAUSDT", "LINKUSDT")
 DEFAULT_WARMUP = 100
 
 
-def smc_config(interval_ms: int = HOUR_MS, htf_factor: int = 5) -> SmcConfig:
+def smc_config(interval_ms: int = MINUTE_MS, htf_factor: int = 5) -> SmcConfig:
     """HTF = htf_factor x the base interval: 1m -> 5m (the product's M1 with M5 context)."""
     return SmcConfig(interval_ms=interval_ms, htf_factor=htf_factor)
 
@@ -51,7 +49,6 @@ def interval_ms_of(interval: str) -> int:
 
 def tick_of(symbol: str, price: float) -> float | None:
     """The symbol's real PRICE_FILTER tick (executor's bundled exchangeInfo), None = the executor does not trade it."""
-    from executor.instruments import InstrumentBook
     inst = _book().get(symbol, price)
     return None if inst is None else float(inst.tick_size)
 

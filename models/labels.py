@@ -141,14 +141,17 @@ def simulate_trades(symbol: str, idx: np.ndarray, side: np.ndarray, entry: np.nd
         buy, sell = ("BUY", "SELL") if s > 0 else ("SELL", "BUY")
         fill = slipped_price(buy, O[i + 1], slip_bps)
         opened_at = T[i + 1]
-        fund, last_stamp = 0.0, opened_at - 1
+        fund = 0.0
+        # every settlement the trade can cross: the time exits close it by max hold + one bar
+        pending = funding.settlements(symbol, opened_at - 1, opened_at + rules.max_hold_ms + interval_ms)
+        nxt = 0
         raw, j, why, end = 0.0, -1, "", 0
         for jj in range(i + 1, n):
             if T[jj] - T[jj - 1] != interval_ms:
                 break                                   # a hole in the data: the outcome is unknown
-            for stamp, rate in funding.settlements(symbol, last_stamp, T[jj]):
-                fund += s * O[jj] * rate
-                last_stamp = stamp
+            while nxt < len(pending) and pending[nxt][0] <= T[jj]:
+                fund += s * O[jj] * pending[nxt][1]     # charged on the bar's open, as the engine does
+                nxt += 1
             hit = intrabar_exit(sd, st, tg, O[jj], H[jj], L[jj])
             if hit is not None:
                 why, raw = hit
