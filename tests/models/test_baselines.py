@@ -92,3 +92,49 @@ def test_evidence_on_real_bars_separates_an_oracle_from_random(small_dataset, ma
     oracle = evidence(ds["r"].to_numpy()[win], *[a[win] for a in args], bars, sim, seeds=20, n_boot=400)
     assert oracle["strategy_minus_random"]["lo"] > 0.5
     assert oracle["always_flat"]["mean_r"] == 0.0 and np.isfinite(oracle["buy_and_hold"]["return_pct"])
+
+
+def test_run_report_baselines_from_engine_positions():
+    """infra.performance.random_entry_evidence on the closed positions a paper Engine produced from real
+    1m bars (what the run report reads from the positions table): the strategy's R per trade is the
+    positions' net PnL / (qty x |fill - stop|), the random side has 20 seeds, costs are the run's."""
+    from executor.brokers.paper import PaperBroker
+    from executor.config import ExecutorConfig
+    from executor.engine import Engine
+    from executor.instruments import InstrumentBook
+    from infra.performance import ClosedPosition, random_entry_evidence
+    from models.dataset import PERPS_1M, load_klines, smc_config, symbol_features
+    from processors.smc import FEATURE_NAMES
+    from schemas.signal import Signal, make_signal_id
+    from schemas.trading import Position
+
+    kl = load_klines(PERPS_1M["2025-05"], ["BTCUSDT", "ETHUSDT"]).group_by("symbol", maintain_order=True).head(3000)
+    cfg = ExecutorConfig()
+    eng = Engine(cfg, PaperBroker(cfg.paper), InstrumentBook.default())
+    frames = [symbol_features(g, smc_config(MIN, 5)) .with_columns(pl.lit(s).alias("symbol"))
+              for (s,), g in kl.group_by(["symbol"], maintain_order=True)]
+    closed = {}
+    for f in pl.concat(frames).sort(["open_time", "symbol"]).iter_rows(named=True):
+        side = f["setup_side"]
+        sig = Signal(signal_id=make_signal_id(f["symbol"], "1m", f["open_time"], "t"), strategy_version="t",
+                     symbol=f["symbol"], timeframe="1m", open_time=f["open_time"], close_time=f["open_time"] + MIN - 1,
+                     open=f["open"], high=f["high"], low=f["low"], close=f["close"], volume=f["volume"],
+                     atr=f["atr"] or 1.0, features=[0.0] * len(FEATURE_NAMES), confidence=0.9 if side != "flat" else 0.0,
+                     side=side, entry=f["setup_entry"] if side != "flat" else 0.0,
+                     stop=f["setup_stop"] if side != "flat" else 0.0, target=f["setup_target"] if side != "flat" else 0.0)
+        for rec in eng.process(sig):
+            if isinstance(rec, Position) and rec.status == "closed":
+                closed[rec.position_id] = rec
+    pos = [ClosedPosition(p.symbol, p.side, p.qty, p.entry_price, p.stop, p.target, p.realized_pnl)
+           for p in closed.values()]
+    assert len(pos) > 30
+    bars = _bars(kl)
+    ev = random_entry_evidence(pos, bars, MIN, cfg.paper, cfg.exits, seeds=20)
+    want = np.mean([p.realized_pnl / (p.qty * abs(p.entry_price - p.stop)) for p in pos])
+    assert ev["strategy"]["mean"] == pytest.approx(want) and ev["strategy"]["n"] == len(pos)
+    assert ev["random"]["seeds"] == 20 and ev["random"]["lo"] <= ev["random"]["mean"] <= ev["random"]["hi"]
+    d = ev["strategy_minus_random"]
+    assert d["lo"] <= d["mean"] <= d["hi"] and d["paired_trades"] >= len(pos) - 2
+    assert random_entry_evidence([], bars, MIN, cfg.paper, cfg.exits) is None
+    from infra.report import baseline_text
+    assert "20 seeds" in baseline_text(ev) and baseline_text(None) == ""
