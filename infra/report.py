@@ -38,13 +38,13 @@ def load_baselines(store: AuditStore, seeds: int = 20) -> dict | None:
         "WHERE status = 'closed' ORDER BY opened_at, position_id")
     if not rows:
         return None
-    _, ivs = store.query(f"SELECT interval, count() AS n FROM {store.database}.klines FINAL GROUP BY interval ORDER BY n DESC")
+    _, ivs = store.query(f"SELECT `interval`, count() AS n FROM {store.database}.klines FINAL GROUP BY `interval` ORDER BY n DESC")
     if not ivs:
         return None
     from models.dataset import interval_ms_of
     interval = ivs[0][0]
     _, kl = store.query(f"SELECT symbol, open_time, open, high, low, close FROM {store.database}.klines FINAL "
-                        f"WHERE interval = '{interval}' ORDER BY symbol, open_time")
+                        f"WHERE `interval` = '{interval}' ORDER BY symbol, open_time")
     by: dict[str, list] = {}
     for r in kl:
         by.setdefault(r[0], []).append(r[1:])
