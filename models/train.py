@@ -177,6 +177,13 @@ def code_version() -> dict:
     return {"sha256": h.hexdigest(), "files": [str(f.relative_to(REPO)) for f in files]}
 
 
+def market_of(paths, interval: str) -> str:
+    """What the metadata may claim about the data: USD-M perps only for the recorded perps files."""
+    if all(Path(p).name.startswith("perps_") for p in paths):
+        return f"Binance USD-M perpetual futures (USDT-margined), real {interval} klines (ingest/recorded/SOURCES.md)"
+    return "unverified market: " + ", ".join(Path(p).name for p in paths) + " (not the recorded USD-M perps files)"
+
+
 def period_of(path: str | Path) -> str:
     stem = Path(path).stem
     return stem.rsplit("_", 1)[-1]
@@ -224,6 +231,9 @@ def run_train(train_files=DEFAULT_TRAIN, oos_files=DEFAULT_OOS, interval: str = 
     from .evaluate import evaluate_sets, oos_sets, summary_text, write_report
     t_start = time.perf_counter()
     train_files, oos_files = [Path(p) for p in train_files], [Path(p) for p in oos_files]
+    both = sorted({p.resolve() for p in train_files} & {p.resolve() for p in oos_files})
+    if both:
+        raise ValueError(f"out-of-sample file(s) {[str(b) for b in both]} are also training files")
     funding, funding_files = funding_for(train_files + oos_files)
     train_all = build_periods(train_files, interval, label_cfg, warmup, funding, log, symbols)
     train_ds = subsample(train_all, max_setups, seed)
@@ -235,7 +245,7 @@ def run_train(train_files=DEFAULT_TRAIN, oos_files=DEFAULT_OOS, interval: str = 
     files = {"train": [_file_entry(p) for p in train_files], "out_of_sample": [_file_entry(p) for p in oos_files],
              "funding": [_file_entry(p) for p in funding_files]}
     meta = {
-        "market": "Binance USD-M perpetual futures (USDT-margined), real 1m klines (ingest/recorded/SOURCES.md)",
+        "market": market_of(train_files + oos_files, interval),
         "interval": interval, "htf": f"{cfg.htf_factor * cfg.interval_ms // 60_000}m",
         "training": {
             "data": files, "symbols": sorted(train_ds["symbol"].unique().to_list()),
