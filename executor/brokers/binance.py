@@ -39,7 +39,8 @@ from typing import Any, Callable
 import orjson
 
 from executor.brokers.base import Broker, BrokerError, FillEvent, OrderUpdate
-from schemas.trading import Order
+from executor.reconcile import Action, ExchangeSnapshot, apply, holdings, plan, reconcile_order
+from schemas.trading import Order, client_order_id
 
 log = logging.getLogger("smc.executor.binance")
 
@@ -185,6 +186,7 @@ class BinanceClient:
         self._seen_at = 0.0
         self.requests = 0
         self.waited_s = 0.0
+        self.disconnects = 0            # connections lost / timed out (the broker reconciles after one)
 
     def __repr__(self) -> str:
         return f"BinanceClient(base_url={self.base_url!r}, recv_window={self.recv_window})"
@@ -266,8 +268,10 @@ class BinanceClient:
             retry_after = float(exc.headers.get("Retry-After", 0) or 0) if exc.headers is not None else 0.0
             err = error_for(code, msg, exc.code, endpoint, retry_after)
         except (TimeoutError, socket.timeout) as exc:
+            self.disconnects += 1
             err = UnknownOutcome(-1007, f"no answer within {self.timeout} s ({type(exc).__name__})", 0, endpoint)
         except urllib.error.URLError as exc:
+            self.disconnects += 1
             if isinstance(exc.reason, (TimeoutError, socket.timeout)):
                 err = UnknownOutcome(-1007, f"no answer within {self.timeout} s", 0, endpoint)
             elif method == "GET" or not is_order:
@@ -276,6 +280,7 @@ class BinanceClient:
                 # the connection may have died after the request left: the outcome is unknown
                 err = UnknownOutcome(-1006, f"connection failed: {type(exc.reason).__name__}", 0, endpoint)
         except (ConnectionError, OSError) as exc:
+            self.disconnects += 1
             err = UnknownOutcome(-1006, f"connection error: {type(exc).__name__}", 0, endpoint)
         log.info("<- %s failed: %s", endpoint, err)
         if isinstance(err, TimestampOutsideRecvWindow) and signed and not _retried:
@@ -324,6 +329,8 @@ class BinanceBroker(Broker):
         self.lookup_interval_s = lookup_interval_s
         self.resting: dict[str, Order] = {}          # conditional orders live at the exchange
         self.sends = 0                               # POSTs of new orders (tests: never a second one)
+        self.reconcile_due = True                    # start-up; again after an unfinished action
+        self._disconnects_seen = 0
 
     def __repr__(self) -> str:
         return f"BinanceBroker({self.client!r})"
@@ -490,26 +497,65 @@ class BinanceBroker(Broker):
                 out += [e for e in evs if not (isinstance(e, OrderUpdate) and e.status == "NEW")]
         return out
 
-    def reconcile(self, engine) -> list[str]:
-        """Compare the restored state with the exchange; returns the differences (logged by the service)."""
-        report = []
-        positions = self.client.request("GET", "/fapi/v2/positionRisk", weight=5)
-        exch = {p["symbol"]: float(p["positionAmt"]) for p in positions if float(p.get("positionAmt", 0) or 0) != 0}
-        ours: dict[str, float] = {}
-        for p in engine.portfolio.positions.values():
-            if p.status in ("open", "closing"):
-                ours[p.symbol] = ours.get(p.symbol, 0.0) + p.sign * p.qty
-        for sym in sorted(set(exch) | set(ours)):
-            if abs(exch.get(sym, 0.0) - ours.get(sym, 0.0)) > 1e-12:
-                report.append(f"{sym}: exchange {exch.get(sym, 0.0)} vs executor {ours.get(sym, 0.0)}")
-        algos = self.client.request("GET", "/fapi/v1/openAlgoOrders")
-        open_algo = {a["clientAlgoId"] for a in algos}
-        for cid, o in engine.orders.items():
-            if o.type != "MARKET" and cid not in open_algo:
-                report.append(f"{cid}: conditional order not open at the exchange")
-            elif o.type != "MARKET":
-                self.resting[cid] = o
-        return report
+    # --- reconciliation (start-up, after a disconnect): executor.reconcile decides, this executes ------
+    def needs_reconcile(self) -> bool:
+        """True at start-up, after any lost connection / timeout, and while an action is unfinished."""
+        return self.reconcile_due or self.client.disconnects != self._disconnects_seen
+
+    def exchange_snapshot(self) -> ExchangeSnapshot:
+        risk = self.client.request("GET", "/fapi/v2/positionRisk", weight=5)
+        orders = self.client.request("GET", "/fapi/v1/openOrders", weight=40)
+        algos = self.client.request("GET", "/fapi/v1/openAlgoOrders", weight=40)
+        return ExchangeSnapshot(
+            positions={p["symbol"]: float(p["positionAmt"]) for p in risk if float(p.get("positionAmt") or 0) != 0},
+            marks={p["symbol"]: float(p.get("markPrice") or 0) for p in risk},
+            open_orders=tuple(orders), open_algos=tuple(algos))
+
+    def reconcile(self, engine, ts: int, wall_ts: int = 0) -> list:
+        """Compare the exchange with the engine's state, act (executor.reconcile.plan), write the outcome
+        into the engine; returns the records (Orders, Fills, Positions, Alerts incl. `reconciled`).
+        A BinanceError from the snapshot propagates (the service halts new entries, never exits)."""
+        seen = self.client.disconnects
+        snap = self.exchange_snapshot()
+        ticks = {s: i.tick_size for s, i in engine.instruments.known.items()}
+        rep = plan(snap, holdings(engine), ticks)
+        outcomes: dict[int, list] = {}
+        self.reconcile_due = False
+        for i, a in enumerate(rep.actions):
+            outcomes[i] = self._reconcile_action(a, engine, ts)
+        self.reconcile_due = self.reconcile_due or rep.incomplete
+        self._disconnects_seen = seen
+        return apply(engine, rep, outcomes, ts, wall_ts)
+
+    def _reconcile_action(self, a: Action, engine, ts: int) -> list:
+        if a.kind == "adopt" and a.cid in engine.orders and a.algo:
+            self.resting[a.cid] = engine.orders[a.cid]
+        elif a.kind == "cancel":
+            self.resting.pop(a.cid, None)
+            try:
+                if a.algo:
+                    self.client.request("DELETE", "/fapi/v1/algoOrder", {"clientAlgoId": a.cid})
+                else:
+                    self.client.request("DELETE", "/fapi/v1/order", {"symbol": a.symbol, "origClientOrderId": a.cid})
+            except (NoSuchOrder, CancelRejected):
+                pass                         # already gone
+            except BinanceError as exc:      # reduce-only leftovers cannot open a position: retried next time
+                log.warning("reconciliation: cancel of %s failed: %s", a.cid, exc)
+                self.reconcile_due = True
+        elif a.kind == "protect":
+            pos = engine.portfolio.positions[a.position_id]
+            stop = Order(client_order_id=client_order_id(pos.signal_id, "stop2"), signal_id=pos.signal_id,
+                         symbol=a.symbol, leg="stop2", side=a.side, type="STOP_MARKET", qty=a.qty, price=a.price,
+                         reduce_only=True, status="NEW", ts=ts, reason="reconcile")
+            evs = self.submit(stop, ts)
+            if any(isinstance(e, OrderUpdate) and e.status == "NEW" and e.reason != "unknown_outcome" for e in evs):
+                return [(stop, evs)]
+            flat = reconcile_order(a.symbol, a.position_id, a.side, a.qty, ts)
+            return [(stop, evs), (flat, self.submit(flat, ts))]
+        elif a.kind == "flatten":
+            flat = reconcile_order(a.symbol, a.position_id or a.symbol, a.side, a.qty, ts)
+            return [(flat, self.submit(flat, ts))]
+        return []
 
     def to_dict(self) -> dict:
         return {"resting": sorted(self.resting)}

@@ -248,10 +248,12 @@ def test_engine_with_binance_broker_places_algo_stop_target_and_sees_trigger(fak
     closed = [r for r in out if isinstance(r, Position)][-1]
     assert (closed.status, closed.exit_reason, closed.exit_price) == ("closed", "stop", 49_400.0)
     assert target["algoStatus"] == "CANCELED" and fake.positions["BTCUSDT"] == 0
-    assert b.reconcile(eng) == []
-    fake.positions["ETHUSDT"] = 1.0                  # something the executor does not know about
-    fake.entry_price["ETHUSDT"] = 2_000.0
-    assert b.reconcile(eng) == ["ETHUSDT: exchange 1.0 vs executor 0.0"]
+    recs = b.reconcile(eng, T0 + 2 * MIN)
+    assert [r.detail for r in recs if r.kind == "reconciled"] == ["exchange and executor agree | no action"]
+    fake.open_behind("ETHUSDT", 1.0)                 # something the executor does not know about
+    recs = b.reconcile(eng, T0 + 3 * MIN)
+    assert [r.detail for r in recs if getattr(r, "kind", "") == "reconciled"] == \
+        ["ETHUSDT: exchange 1 vs executor 0 | flatten=1"]
 
 
 def test_from_settings_guards_live_trading():

@@ -15,6 +15,9 @@ Faults are queued per endpoint: `fault("POST /fapi/v1/order", kind, **kw)` with 
   execute_late      the request reaches the matching engine `seconds` late (the client has timed out
                     by then): the exchange checks timestamp + recvWindow on arrival, as Binance does,
                     so it executes late when still inside recvWindow and is refused (-1021) otherwise
+The snapshot GETs (positionRisk, openOrders, openAlgoOrders) take `error`, `rate_limit`,
+`accept_then_error` and `accept_then_hang` too. Behind the executor's back: `open_behind()` (a
+position from another client), `place_algo()` (an orphan or a foreign conditional order).
 For 5xx: `error` with status=503/500 is "5xx without execution", `accept_then_error` (default
 status 503) "5xx with execution".
 """
@@ -79,6 +82,28 @@ class FakeBinanceTrading:
 
     def orders_with_client_id(self, cid: str) -> list[dict]:
         return [o for o in self.orders.values() if o["clientOrderId"] == cid]
+
+    def open_behind(self, symbol: str, qty: float, cid: str = "web_manual_1") -> dict:
+        """A position opened behind the executor's back (another client, the web UI): a filled MARKET
+        order with someone else's client id. Signed qty: > 0 long."""
+        return self._fill_market(symbol, "BUY" if qty > 0 else "SELL", abs(qty), cid, False)
+
+    def place_algo(self, symbol: str, cid: str, side: str, qty: float, trigger: float, typ: str = "STOP_MARKET",
+                   reduce_only: bool = True) -> dict:
+        """A conditional order placed directly (an orphan left by a dead executor, a foreign order)."""
+        now = self.now_ms()
+        aid = next(self._algo_ids)
+        a = {"algoId": aid, "clientAlgoId": cid, "algoType": "CONDITIONAL", "type": typ, "orderType": typ,
+             "symbol": symbol, "side": side, "positionSide": "BOTH", "timeInForce": "GTC", "quantity": f"{qty}",
+             "algoStatus": "NEW", "actualOrderId": "", "actualPrice": "0.00000", "triggerPrice": f"{trigger}",
+             "price": "0.000", "workingType": "CONTRACT_PRICE", "priceMatch": "NONE", "closePosition": False,
+             "priceProtect": False, "reduceOnly": reduce_only, "createTime": now, "updateTime": now,
+             "triggerTime": 0, "goodTillDate": 0}
+        self.algos[aid] = a
+        return a
+
+    def open_algos(self, symbol: str | None = None) -> list[dict]:
+        return [a for a in self.algos.values() if a["algoStatus"] == "NEW" and symbol in (None, a["symbol"])]
 
     def trigger(self, symbol: str, price: float) -> list[dict]:
         """Move the mark and fire the conditional orders it crosses (filled at `price`)."""
@@ -352,18 +377,27 @@ class FakeBinanceTrading:
         params, err = await self._auth(request)
         if err:
             return err
+        bad = await self._fault("GET /fapi/v1/openOrders", "before") or await self._fault("GET /fapi/v1/openOrders", "after")
+        if bad:
+            return bad
         return self._json([o for o in self.orders.values() if o["status"] == "NEW"])
 
     async def _open_algos(self, request):
         params, err = await self._auth(request)
         if err:
             return err
+        bad = await self._fault("GET /fapi/v1/openAlgoOrders", "before") or await self._fault("GET /fapi/v1/openAlgoOrders", "after")
+        if bad:
+            return bad
         return self._json([a for a in self.algos.values() if a["algoStatus"] == "NEW"])
 
     async def _position_risk(self, request):
         params, err = await self._auth(request, 5)
         if err:
             return err
+        bad = await self._fault("GET /fapi/v2/positionRisk", "before") or await self._fault("GET /fapi/v2/positionRisk", "after")
+        if bad:
+            return bad
         template = orjson.loads((DATA / "futures_position_risk.json").read_bytes())[0]
         out = []
         for sym, amt in self.positions.items():
