@@ -266,3 +266,21 @@ def test_from_settings_guards_live_trading():
         BinanceBroker.from_settings(s.with_(binance_trade_url=LIVE_URL))
     with pytest.raises(BrokerError, match="BINANCE_API_KEY"):
         BinanceBroker.from_settings(Settings())
+
+
+def test_one_pooled_keep_alive_session_and_budgets_from_the_headers(fake):
+    pooled = make_broker(fake)
+    for i in range(12):
+        pooled.submit(entry(sid=f"BTCUSDT:1m:{i}:pool", side="BUY" if i % 2 == 0 else "SELL"), T0)
+    assert len(fake.peers) == 1                                # 24 requests (lookup + POST each), one connection
+    u = fake.last_usage                                        # the budgets are the exchange's own figures
+    assert (pooled.client.used_weight_1m, pooled.client.order_count_10s, pooled.client.order_count_1m) == \
+        (int(u["X-MBX-USED-WEIGHT-1M"]), int(u["X-MBX-ORDER-COUNT-10S"]), int(u["X-MBX-ORDER-COUNT-1M"]))
+    assert fake.order_count == 12 and 0 < pooled.client.order_count_1m <= 12
+    fake.peers.clear()
+    single = BinanceBroker(BinanceClient(fake.base_url, KEY, SECRET, timeout=2.0, pooled=False))
+    for i in range(3):
+        single.submit(entry(sid=f"BTCUSDT:1m:{i}:single", side="BUY" if i % 2 == 0 else "SELL"), T0)
+    assert len(fake.peers) == 6                                # the baseline: a connection per request
+    pooled.close()
+    assert pooled.client._session is None

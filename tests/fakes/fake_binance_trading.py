@@ -65,6 +65,10 @@ class FakeBinanceTrading:
         self.faults: dict[str, deque] = defaultdict(deque)
         self.late_executions: list[str] = []               # endpoints whose request was held in transit
         self.weight_used = 0
+        self._windows: dict[str, tuple] = {}                # window -> (index, total when it began)
+        self._window_totals: dict[str, int] = {}            # totals at the last answer
+        self.last_usage: dict[str, str] = {}                # the usage headers of the last answer
+        self.peers: set = set()                             # client (host, port) pairs: one per TCP connection
         self.order_count = 0
         self._ids = itertools.count(8_886_774)
         self._algo_ids = itertools.count(2_148_719)
@@ -169,10 +173,23 @@ class FakeBinanceTrading:
 
     # --- plumbing -------------------------------------------------------------------------------
     def _json(self, data, status: int = 200, headers: dict | None = None) -> web.Response:
-        h = {"X-MBX-USED-WEIGHT-1M": str(self.weight_used), "X-MBX-ORDER-COUNT-10S": str(self.order_count),
-             "X-MBX-ORDER-COUNT-1M": str(self.order_count)}
+        h = self.last_usage = self.usage_headers()
         h.update(headers or {})
         return web.Response(body=orjson.dumps(data), status=status, content_type="application/json", headers=h)
+
+    def usage_headers(self) -> dict[str, str]:
+        """Used weight / order count in the current fixed window (minute, 10 s), as Binance reports them:
+        the totals minus their values when the window began."""
+        now = time.time()
+        for key, span, total in (("w1m", 60, self.weight_used), ("o10s", 10, self.order_count), ("o1m", 60, self.order_count)):
+            win = int(now // span)
+            if self._windows.get(key, (None, 0))[0] != win:
+                self._windows[key] = (win, self._window_totals.get(key, 0))
+            self._window_totals[key] = total
+        used = lambda key, total: total - self._windows[key][1]   # noqa: E731
+        return {"X-MBX-USED-WEIGHT-1M": str(used("w1m", self.weight_used)),
+                "X-MBX-ORDER-COUNT-10S": str(used("o10s", self.order_count)),
+                "X-MBX-ORDER-COUNT-1M": str(used("o1m", self.order_count))}
 
     def _err(self, code: int, msg: str, status: int = 400, headers: dict | None = None) -> web.Response:
         return self._json({"code": code, "msg": msg}, status, headers)
@@ -180,6 +197,8 @@ class FakeBinanceTrading:
     async def _auth(self, request: web.Request, weight: int = 1):
         """(params, None) when the request is authentic, else (None, error response)."""
         self.weight_used += weight
+        if request.transport is not None:
+            self.peers.add(request.transport.get_extra_info("peername"))
         body = (await request.read()).decode()
         qs = request.query_string
         if request.headers.get("X-MBX-APIKEY") != self.api_key:
