@@ -545,9 +545,10 @@ class BinanceBroker(Broker):
         self.reconcile_due = False
         for i, a in enumerate(rep.actions):
             outcomes[i] = self._reconcile_action(a, engine, ts)
+        records = apply(engine, rep, outcomes, ts, wall_ts)      # sets rep.incomplete
         self.reconcile_due = self.reconcile_due or rep.incomplete
         self._disconnects_seen = seen
-        return apply(engine, rep, outcomes, ts, wall_ts)
+        return records
 
     def _reconcile_action(self, a: Action, engine, ts: int) -> list:
         if a.kind == "adopt" and a.cid in engine.orders and a.algo:

@@ -213,3 +213,15 @@ def test_service_reconciles_at_start_up_and_writes_the_record_to_the_alerts_topi
         assert [(f["side"], f["qty"]) for f in fills] == [("BUY", 1.5)]
     finally:
         kafka_io.delete_namespace(s)
+
+
+def test_an_unfinished_action_asks_for_another_reconciliation(fake):
+    eng, b = engine_on(fake)
+    fake.open_behind("ETHUSDT", 0.5)
+    body = exec_helpers.real_error(-2019)
+    fake.fault("POST /fapi/v1/order", "error", code=body["code"], msg=body["msg"])   # the flatten is refused
+    recs = b.reconcile(eng, T0)
+    assert "NOT DONE" in next(r.detail for r in recs if isinstance(r, Alert) and r.kind == "reconcile_flatten")
+    assert b.needs_reconcile() and fake.positions["ETHUSDT"] == 0.5
+    b.reconcile(eng, T0 + MIN)
+    assert not b.needs_reconcile() and fake.positions["ETHUSDT"] == 0

@@ -67,6 +67,8 @@ class FakeBinanceTrading:
         self.weight_used = 0
         self._windows: dict[str, tuple] = {}                # window -> (index, total when it began)
         self._window_totals: dict[str, int] = {}            # totals at the last answer
+        self.naked_since: dict[str, float] = {}            # symbol -> monotonic time it became uncovered
+        self.naked_max_s = 0.0
         self.last_usage: dict[str, str] = {}                # the usage headers of the last answer
         self.peers: set = set()                             # client (host, port) pairs: one per TCP connection
         self.order_count = 0
@@ -104,7 +106,30 @@ class FakeBinanceTrading:
              "priceProtect": False, "reduceOnly": reduce_only, "createTime": now, "updateTime": now,
              "triggerTime": 0, "goodTillDate": 0}
         self.algos[aid] = a
+        self.protection_check(symbol)
         return a
+
+    def protection_check(self, symbol: str) -> None:
+        """Naked-position accounting (the chaos test's bound): called after every change of a position or
+        of a conditional order; a position is covered when NEW reduce-only STOP_MARKET orders on its
+        closing side add up to its size. `naked_max_s` is the longest uncovered spell so far."""
+        pos = self.positions.get(symbol, 0.0)
+        close_side = "SELL" if pos > 0 else "BUY"
+        cover = sum(float(a["quantity"]) for a in self.algos.values()
+                    if a["symbol"] == symbol and a["algoStatus"] == "NEW" and a["type"] == "STOP_MARKET"
+                    and a["reduceOnly"] and a["side"] == close_side)
+        now = time.monotonic()
+        naked = pos != 0 and cover + 1e-12 < abs(pos)
+        since = self.naked_since.get(symbol)
+        if naked and since is None:
+            self.naked_since[symbol] = now
+        elif not naked and since is not None:
+            self.naked_max_s = max(self.naked_max_s, now - since)
+            del self.naked_since[symbol]
+
+    def naked_now_s(self) -> float:
+        now = time.monotonic()
+        return max([self.naked_max_s] + [now - t for t in self.naked_since.values()])
 
     def open_algos(self, symbol: str | None = None) -> list[dict]:
         return [a for a in self.algos.values() if a["algoStatus"] == "NEW" and symbol in (None, a["symbol"])]
@@ -125,6 +150,7 @@ class FakeBinanceTrading:
                 a.update(algoStatus="FINISHED", actualOrderId=str(o["orderId"]), actualPrice=o["avgPrice"],
                          triggerTime=self.now_ms())
                 fired.append(a)
+        self.protection_check(symbol)
         return fired
 
     # --- server lifecycle ---------------------------------------------------------------------
@@ -279,6 +305,7 @@ class FakeBinanceTrading:
              "origType": "MARKET", "priceMatch": "NONE", "selfTradePreventionMode": "NONE", "goodTillDate": 0,
              "time": now, "updateTime": now}
         self.orders[oid] = o
+        self.protection_check(symbol)
         return o
 
     async def _in_transit(self, endpoint: str) -> None:
@@ -368,6 +395,7 @@ class FakeBinanceTrading:
              "reduceOnly": params.get("reduceOnly") == "true", "createTime": now, "updateTime": now,
              "triggerTime": 0, "goodTillDate": 0}
         self.algos[aid] = a
+        self.protection_check(symbol)
         late = await self._fault("POST /fapi/v1/algoOrder", "after")
         if late:
             return late
@@ -389,6 +417,7 @@ class FakeBinanceTrading:
         for a in self.algos.values():
             if a["clientAlgoId"] == params.get("clientAlgoId") and a["algoStatus"] == "NEW":
                 a["algoStatus"] = "CANCELED"
+                self.protection_check(a["symbol"])
                 return self._json({"algoId": a["algoId"], "clientAlgoId": a["clientAlgoId"], "code": "200", "msg": "success"})
         return self._err(-2011, "Unknown order sent.")
 
