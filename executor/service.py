@@ -206,6 +206,8 @@ class ExecutorService:
         self.max_wait_s = max_wait_s
         self._reconciled = False        # the start-up reconciliation has run
         self.reconcile_within_s = reconcile_within_s
+        self.reconcile_retry_s = 5.0    # after a failed reconciliation (the exchange is not answering)
+        self._reconcile_not_before = 0.0
 
     def engine_submit_hook(self) -> None:
         orig = self.broker.submit
@@ -293,6 +295,7 @@ class ExecutorService:
         try:
             recs = rec(self.engine, now, now)
         except BrokerError as exc:
+            self._reconcile_not_before = time.monotonic() + self.reconcile_retry_s   # not at every poll
             if not self.engine.halted:
                 self.engine.halted = f"reconciliation with the exchange failed: {exc}"[:300]
                 log.critical("TRADING HALTED: %s. Open positions are still managed; resume with "
@@ -309,7 +312,7 @@ class ExecutorService:
 
     def _reconcile_due(self, caught_up: bool, since_start_s: float) -> bool:
         due = getattr(self.broker, "needs_reconcile", None)
-        if due is None or not due():
+        if due is None or time.monotonic() < self._reconcile_not_before or not due():
             return False
         return self._reconciled or caught_up or since_start_s >= self.reconcile_within_s
 
