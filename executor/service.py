@@ -140,6 +140,7 @@ class RunStats:
     orders: int = 0
     elapsed_s: float = 0.0
     restored: bool = False
+    reconciliations: int = 0
     decision_us: list[float] = field(default_factory=list)   # signal consumed -> entry order handed to the broker
 
     @property
@@ -178,7 +179,8 @@ def ensure_executor_topics(settings: Settings) -> None:
 
 class ExecutorService:
     def __init__(self, settings: Settings, cfg: ExecutorConfig | None = None, broker: Broker | None = None,
-                 *, batch_max: int = 500, live: bool = False, max_wait_s: float = 2.0) -> None:
+                 *, batch_max: int = 500, live: bool = False, max_wait_s: float = 2.0,
+                 reconcile_within_s: float = 10.0) -> None:
         self.settings = settings
         self.cfg = cfg or config_from_env(settings.equity)
         self.broker = broker or make_broker(settings, self.cfg, live)
@@ -202,6 +204,10 @@ class ExecutorService:
         self._wm_client = None
         self._ready: list = []          # released by the merge, not yet processed (in event-time order)
         self.max_wait_s = max_wait_s
+        self._reconciled = False        # the start-up reconciliation has run
+        self.reconcile_within_s = reconcile_within_s
+        self.reconcile_retry_s = 5.0    # after a failed reconciliation (the exchange is not answering)
+        self._reconcile_not_before = 0.0
 
     def engine_submit_hook(self) -> None:
         orig = self.broker.submit
@@ -244,7 +250,6 @@ class ExecutorService:
         self._start_offsets = {(tp.topic, tp.partition): tp.offset for tp in committed}
         self._committed_offsets = [TopicPartition(tp.topic, tp.partition, tp.offset) for tp in committed]
         self._committed_state = orjson.dumps(self.engine.to_dict())
-        self._reconcile()
         log.info("executor started: %d partitions, state restored=%s", len(tps), self.stats.restored)
 
     def _restore_state(self) -> None:
@@ -277,19 +282,52 @@ class ExecutorService:
             c.close()
 
     def _reconcile(self) -> None:
-        """Compare the restored state with the exchange. An exchange error here must not end the process
-        (a restart would meet it again: a crash loop): new entries halt until the operator resumes."""
+        """Compare the exchange with the executor's state and act (executor.reconcile): at start-up once the
+        restored state has caught up with the signals (an aborted batch is re-processed first: its orders
+        are found by client id, not mistaken for foreign ones), and after any disconnect. An exchange
+        error here must not end the process (a restart would meet it again: a crash loop): new entries
+        halt until the operator resumes, and it is tried again after the next batch."""
         rec = getattr(self.broker, "reconcile", None)
-        if rec is not None:
-            try:
-                report = rec(self.engine)
-            except BrokerError as exc:
-                self.engine.halted = f"start-up reconciliation failed: {exc}"[:300]
+        if rec is None:
+            self._reconciled = True
+            return
+        now = int(time.time() * 1000)
+        try:
+            recs = rec(self.engine, now, now)
+        except BrokerError as exc:
+            self._reconcile_not_before = time.monotonic() + self.reconcile_retry_s   # not at every poll
+            if not self.engine.halted:
+                self.engine.halted = f"reconciliation with the exchange failed: {exc}"[:300]
                 log.critical("TRADING HALTED: %s. Open positions are still managed; resume with "
                              "{\"cmd\": \"resume\"} once the exchange answers.", self.engine.halted)
-                return
-            if report:
-                log.warning("reconciliation with the exchange: %s", report)
+            return
+        self._reconciled = True
+        self.stats.reconciliations += 1
+        summary = [r.detail for r in recs if isinstance(r, Alert) and r.kind == "reconciled"]
+        log.warning("reconciliation with the exchange: %s", summary[0] if summary else "")
+        if self.producer is not None:
+            self._commit_records(recs)
+        else:                    # not started (tests): the records go out with the next batch
+            self.engine._pending_alerts += recs
+
+    def _reconcile_due(self, caught_up: bool, since_start_s: float) -> bool:
+        due = getattr(self.broker, "needs_reconcile", None)
+        if due is None or time.monotonic() < self._reconcile_not_before or not due():
+            return False
+        return self._reconciled or caught_up or since_start_s >= self.reconcile_within_s
+
+    def _commit_records(self, recs: list) -> None:
+        """Records caused outside a batch (reconciliation), in a transaction with the engine's state."""
+        p, s = self.producer, self.settings
+        topics = {cls: kafka_io.topic(s, base) for cls, base in OUTPUT_TOPICS.items()}
+        p.begin_transaction()
+        for r in recs:
+            p.produce(topics[type(r)], key=b"account" if isinstance(r, Equity) else r.symbol.encode(), value=encode(r))
+        state = orjson.dumps(self.engine.to_dict())
+        p.produce(kafka_io.topic(s, STATE_TOPIC), key=b"account", value=state)
+        p.commit_transaction(60)
+        self._committed_state = state
+        self.stats.records += len(recs)
 
     # ------------------------------------------------------------------------------------------
     def stop(self, *_args) -> None:
@@ -322,7 +360,11 @@ class ExecutorService:
                     batch, self._ready = self._ready, []
                     self._t_batch = time.perf_counter_ns()
                     self._process_batch(batch)
+                    if self._reconcile_due(False, time.monotonic() - t0):
+                        self._reconcile()
                     continue
+                if self._reconcile_due(caught_up, time.monotonic() - t0):
+                    self._reconcile()
                 if not msgs and until_idle and idle >= idle_s and not len(self.merge) and not self._ready and \
                         (caught_up or idle >= max(30.0, 10 * idle_s)):
                     break

@@ -248,10 +248,12 @@ def test_engine_with_binance_broker_places_algo_stop_target_and_sees_trigger(fak
     closed = [r for r in out if isinstance(r, Position)][-1]
     assert (closed.status, closed.exit_reason, closed.exit_price) == ("closed", "stop", 49_400.0)
     assert target["algoStatus"] == "CANCELED" and fake.positions["BTCUSDT"] == 0
-    assert b.reconcile(eng) == []
-    fake.positions["ETHUSDT"] = 1.0                  # something the executor does not know about
-    fake.entry_price["ETHUSDT"] = 2_000.0
-    assert b.reconcile(eng) == ["ETHUSDT: exchange 1.0 vs executor 0.0"]
+    recs = b.reconcile(eng, T0 + 2 * MIN)
+    assert [r.detail for r in recs if r.kind == "reconciled"] == ["exchange and executor agree | no action"]
+    fake.open_behind("ETHUSDT", 1.0)                 # something the executor does not know about
+    recs = b.reconcile(eng, T0 + 3 * MIN)
+    assert [r.detail for r in recs if getattr(r, "kind", "") == "reconciled"] == \
+        ["ETHUSDT: exchange 1 vs executor 0 | flatten=1"]
 
 
 def test_from_settings_guards_live_trading():
@@ -264,3 +266,21 @@ def test_from_settings_guards_live_trading():
         BinanceBroker.from_settings(s.with_(binance_trade_url=LIVE_URL))
     with pytest.raises(BrokerError, match="BINANCE_API_KEY"):
         BinanceBroker.from_settings(Settings())
+
+
+def test_one_pooled_keep_alive_session_and_budgets_from_the_headers(fake):
+    pooled = make_broker(fake)
+    for i in range(12):
+        pooled.submit(entry(sid=f"BTCUSDT:1m:{i}:pool", side="BUY" if i % 2 == 0 else "SELL"), T0)
+    assert len(fake.peers) == 1                                # 24 requests (lookup + POST each), one connection
+    u = fake.last_usage                                        # the budgets are the exchange's own figures
+    assert (pooled.client.used_weight_1m, pooled.client.order_count_10s, pooled.client.order_count_1m) == \
+        (int(u["X-MBX-USED-WEIGHT-1M"]), int(u["X-MBX-ORDER-COUNT-10S"]), int(u["X-MBX-ORDER-COUNT-1M"]))
+    assert fake.order_count == 12 and 0 < pooled.client.order_count_1m <= 12
+    fake.peers.clear()
+    single = BinanceBroker(BinanceClient(fake.base_url, KEY, SECRET, timeout=2.0, pooled=False))
+    for i in range(3):
+        single.submit(entry(sid=f"BTCUSDT:1m:{i}:single", side="BUY" if i % 2 == 0 else "SELL"), T0)
+    assert len(fake.peers) == 6                                # the baseline: a connection per request
+    pooled.close()
+    assert pooled.client._session is None

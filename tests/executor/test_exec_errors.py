@@ -114,7 +114,7 @@ class FailingPolls(PaperBroker):
             raise error_for(-1000, "An unknown error occurred while processing the request.", 503, "GET /fapi/v1/algoOrder")
         return super().on_bar_range(bar)
 
-    def reconcile(self, engine):
+    def reconcile(self, engine, ts, wall_ts=0):
         raise BrokerError("Binance -1000 (HTTP 503) on GET /fapi/v2/positionRisk: unknown error")
 
 
@@ -131,4 +131,23 @@ def test_repeated_exchange_errors_halt_after_the_limit_and_never_raise():
 def test_service_start_up_reconciliation_error_halts_instead_of_exiting():
     svc = ExecutorService(Settings(), ExecutorConfig(), FailingPolls(0))
     svc._reconcile()                                            # no exception: a restart would meet it again
-    assert svc.engine.halted.startswith("start-up reconciliation failed")
+    assert svc.engine.halted.startswith("reconciliation with the exchange failed")
+
+
+def test_a_failed_reconciliation_is_retried_after_a_pause_not_at_every_poll():
+    class Due(FailingPolls):
+        calls = 0
+
+        def needs_reconcile(self):
+            return True
+
+        def reconcile(self, engine, ts, wall_ts=0):
+            Due.calls += 1
+            return super().reconcile(engine, ts, wall_ts)
+    svc = ExecutorService(Settings(), ExecutorConfig(), Due(0))
+    assert svc._reconcile_due(True, 0.0)
+    svc._reconcile()
+    assert Due.calls == 1 and svc.engine.halted
+    assert not svc._reconcile_due(True, 100.0)                  # within reconcile_retry_s
+    svc._reconcile_not_before = 0.0
+    assert svc._reconcile_due(True, 100.0)

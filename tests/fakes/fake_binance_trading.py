@@ -15,6 +15,9 @@ Faults are queued per endpoint: `fault("POST /fapi/v1/order", kind, **kw)` with 
   execute_late      the request reaches the matching engine `seconds` late (the client has timed out
                     by then): the exchange checks timestamp + recvWindow on arrival, as Binance does,
                     so it executes late when still inside recvWindow and is refused (-1021) otherwise
+The snapshot GETs (positionRisk, openOrders, openAlgoOrders) take `error`, `rate_limit`,
+`accept_then_error` and `accept_then_hang` too. Behind the executor's back: `open_behind()` (a
+position from another client), `place_algo()` (an orphan or a foreign conditional order).
 For 5xx: `error` with status=503/500 is "5xx without execution", `accept_then_error` (default
 status 503) "5xx with execution".
 """
@@ -62,6 +65,12 @@ class FakeBinanceTrading:
         self.faults: dict[str, deque] = defaultdict(deque)
         self.late_executions: list[str] = []               # endpoints whose request was held in transit
         self.weight_used = 0
+        self._windows: dict[str, tuple] = {}                # window -> (index, total when it began)
+        self._window_totals: dict[str, int] = {}            # totals at the last answer
+        self.naked_since: dict[str, float] = {}            # symbol -> monotonic time it became uncovered
+        self.naked_max_s = 0.0
+        self.last_usage: dict[str, str] = {}                # the usage headers of the last answer
+        self.peers: set = set()                             # client (host, port) pairs: one per TCP connection
         self.order_count = 0
         self._ids = itertools.count(8_886_774)
         self._algo_ids = itertools.count(2_148_719)
@@ -80,6 +89,51 @@ class FakeBinanceTrading:
     def orders_with_client_id(self, cid: str) -> list[dict]:
         return [o for o in self.orders.values() if o["clientOrderId"] == cid]
 
+    def open_behind(self, symbol: str, qty: float, cid: str = "web_manual_1") -> dict:
+        """A position opened behind the executor's back (another client, the web UI): a filled MARKET
+        order with someone else's client id. Signed qty: > 0 long."""
+        return self._fill_market(symbol, "BUY" if qty > 0 else "SELL", abs(qty), cid, False)
+
+    def place_algo(self, symbol: str, cid: str, side: str, qty: float, trigger: float, typ: str = "STOP_MARKET",
+                   reduce_only: bool = True) -> dict:
+        """A conditional order placed directly (an orphan left by a dead executor, a foreign order)."""
+        now = self.now_ms()
+        aid = next(self._algo_ids)
+        a = {"algoId": aid, "clientAlgoId": cid, "algoType": "CONDITIONAL", "type": typ, "orderType": typ,
+             "symbol": symbol, "side": side, "positionSide": "BOTH", "timeInForce": "GTC", "quantity": f"{qty}",
+             "algoStatus": "NEW", "actualOrderId": "", "actualPrice": "0.00000", "triggerPrice": f"{trigger}",
+             "price": "0.000", "workingType": "CONTRACT_PRICE", "priceMatch": "NONE", "closePosition": False,
+             "priceProtect": False, "reduceOnly": reduce_only, "createTime": now, "updateTime": now,
+             "triggerTime": 0, "goodTillDate": 0}
+        self.algos[aid] = a
+        self.protection_check(symbol)
+        return a
+
+    def protection_check(self, symbol: str) -> None:
+        """Naked-position accounting (the chaos test's bound): called after every change of a position or
+        of a conditional order; a position is covered when NEW reduce-only STOP_MARKET orders on its
+        closing side add up to its size. `naked_max_s` is the longest uncovered spell so far."""
+        pos = self.positions.get(symbol, 0.0)
+        close_side = "SELL" if pos > 0 else "BUY"
+        cover = sum(float(a["quantity"]) for a in self.algos.values()
+                    if a["symbol"] == symbol and a["algoStatus"] == "NEW" and a["type"] == "STOP_MARKET"
+                    and a["reduceOnly"] and a["side"] == close_side)
+        now = time.monotonic()
+        naked = pos != 0 and cover + 1e-12 < abs(pos)
+        since = self.naked_since.get(symbol)
+        if naked and since is None:
+            self.naked_since[symbol] = now
+        elif not naked and since is not None:
+            self.naked_max_s = max(self.naked_max_s, now - since)
+            del self.naked_since[symbol]
+
+    def naked_now_s(self) -> float:
+        now = time.monotonic()
+        return max([self.naked_max_s] + [now - t for t in self.naked_since.values()])
+
+    def open_algos(self, symbol: str | None = None) -> list[dict]:
+        return [a for a in self.algos.values() if a["algoStatus"] == "NEW" and symbol in (None, a["symbol"])]
+
     def trigger(self, symbol: str, price: float) -> list[dict]:
         """Move the mark and fire the conditional orders it crosses (filled at `price`)."""
         self.marks[symbol] = price
@@ -96,6 +150,7 @@ class FakeBinanceTrading:
                 a.update(algoStatus="FINISHED", actualOrderId=str(o["orderId"]), actualPrice=o["avgPrice"],
                          triggerTime=self.now_ms())
                 fired.append(a)
+        self.protection_check(symbol)
         return fired
 
     # --- server lifecycle ---------------------------------------------------------------------
@@ -144,10 +199,23 @@ class FakeBinanceTrading:
 
     # --- plumbing -------------------------------------------------------------------------------
     def _json(self, data, status: int = 200, headers: dict | None = None) -> web.Response:
-        h = {"X-MBX-USED-WEIGHT-1M": str(self.weight_used), "X-MBX-ORDER-COUNT-10S": str(self.order_count),
-             "X-MBX-ORDER-COUNT-1M": str(self.order_count)}
+        h = self.last_usage = self.usage_headers()
         h.update(headers or {})
         return web.Response(body=orjson.dumps(data), status=status, content_type="application/json", headers=h)
+
+    def usage_headers(self) -> dict[str, str]:
+        """Used weight / order count in the current fixed window (minute, 10 s), as Binance reports them:
+        the totals minus their values when the window began."""
+        now = time.time()
+        for key, span, total in (("w1m", 60, self.weight_used), ("o10s", 10, self.order_count), ("o1m", 60, self.order_count)):
+            win = int(now // span)
+            if self._windows.get(key, (None, 0))[0] != win:
+                self._windows[key] = (win, self._window_totals.get(key, 0))
+            self._window_totals[key] = total
+        used = lambda key, total: total - self._windows[key][1]   # noqa: E731
+        return {"X-MBX-USED-WEIGHT-1M": str(used("w1m", self.weight_used)),
+                "X-MBX-ORDER-COUNT-10S": str(used("o10s", self.order_count)),
+                "X-MBX-ORDER-COUNT-1M": str(used("o1m", self.order_count))}
 
     def _err(self, code: int, msg: str, status: int = 400, headers: dict | None = None) -> web.Response:
         return self._json({"code": code, "msg": msg}, status, headers)
@@ -155,6 +223,8 @@ class FakeBinanceTrading:
     async def _auth(self, request: web.Request, weight: int = 1):
         """(params, None) when the request is authentic, else (None, error response)."""
         self.weight_used += weight
+        if request.transport is not None:
+            self.peers.add(request.transport.get_extra_info("peername"))
         body = (await request.read()).decode()
         qs = request.query_string
         if request.headers.get("X-MBX-APIKEY") != self.api_key:
@@ -235,6 +305,7 @@ class FakeBinanceTrading:
              "origType": "MARKET", "priceMatch": "NONE", "selfTradePreventionMode": "NONE", "goodTillDate": 0,
              "time": now, "updateTime": now}
         self.orders[oid] = o
+        self.protection_check(symbol)
         return o
 
     async def _in_transit(self, endpoint: str) -> None:
@@ -324,6 +395,7 @@ class FakeBinanceTrading:
              "reduceOnly": params.get("reduceOnly") == "true", "createTime": now, "updateTime": now,
              "triggerTime": 0, "goodTillDate": 0}
         self.algos[aid] = a
+        self.protection_check(symbol)
         late = await self._fault("POST /fapi/v1/algoOrder", "after")
         if late:
             return late
@@ -345,6 +417,7 @@ class FakeBinanceTrading:
         for a in self.algos.values():
             if a["clientAlgoId"] == params.get("clientAlgoId") and a["algoStatus"] == "NEW":
                 a["algoStatus"] = "CANCELED"
+                self.protection_check(a["symbol"])
                 return self._json({"algoId": a["algoId"], "clientAlgoId": a["clientAlgoId"], "code": "200", "msg": "success"})
         return self._err(-2011, "Unknown order sent.")
 
@@ -352,18 +425,27 @@ class FakeBinanceTrading:
         params, err = await self._auth(request)
         if err:
             return err
+        bad = await self._fault("GET /fapi/v1/openOrders", "before") or await self._fault("GET /fapi/v1/openOrders", "after")
+        if bad:
+            return bad
         return self._json([o for o in self.orders.values() if o["status"] == "NEW"])
 
     async def _open_algos(self, request):
         params, err = await self._auth(request)
         if err:
             return err
+        bad = await self._fault("GET /fapi/v1/openAlgoOrders", "before") or await self._fault("GET /fapi/v1/openAlgoOrders", "after")
+        if bad:
+            return bad
         return self._json([a for a in self.algos.values() if a["algoStatus"] == "NEW"])
 
     async def _position_risk(self, request):
         params, err = await self._auth(request, 5)
         if err:
             return err
+        bad = await self._fault("GET /fapi/v2/positionRisk", "before") or await self._fault("GET /fapi/v2/positionRisk", "after")
+        if bad:
+            return bad
         template = orjson.loads((DATA / "futures_position_risk.json").read_bytes())[0]
         out = []
         for sym, amt in self.positions.items():
