@@ -53,8 +53,8 @@ from processors import faust_guards
 from processors.core import open_time_limit, KlineProcessor, expired_windows
 from processors.delivery import BatchDelivery
 from processors.faust_batches import ReadyBatches
-from processors.offsets import (GAP, PROCESS, REDELIVERY, STALL_S, OffsetGate, decode_offset, encode_offset,
-                                marker_key)
+from processors.offsets import (GAP, PROCESS, REDELIVERY, STALL_S, OffsetGapError, OffsetGate, decode_offset,
+                                encode_offset, marker_key)
 from processors.scoring import load_scorer
 from schemas import encode_reject, interval_ms, make_reject, topic_name
 
@@ -368,8 +368,10 @@ def create_app(settings: Settings) -> faust.App:
                                 tp.partition, STALL_S, gate.expected(tp.partition), app.consumer.highwater(tp))
             if gate.pending:
                 await seek_back()
-        except Exception as exc:        # noqa: BLE001 - OffsetGapError included
-            fail_loud(f"offset gate: {type(exc).__name__}: {exc}")
+        except OffsetGapError as exc:
+            fail_loud(f"offset gate: {exc}")
+        except Exception as exc:        # noqa: BLE001 - a consumer busy rebalancing; the next tick looks again
+            log.warning("partition watch: %s: %s", type(exc).__name__, exc)
 
     @app.on_before_shutdown.connect
     async def _close_delivery(sender, **kwargs):
