@@ -180,11 +180,23 @@ class OwnBroker:
     def __init__(self, home) -> None:
         import socket
         from infra import local_broker
-        with socket.socket() as sock:
-            sock.bind(("127.0.0.1", 0))
-            self.port = sock.getsockname()[1]
+        self.port = self._free_pair(socket)      # the broker listens on port, its KRaft controller on port + 1
         self.home = home
         self.bootstrap = local_broker.start(self.port, home=home)
+
+    @staticmethod
+    def _free_pair(socket) -> int:
+        for _ in range(100):
+            with socket.socket() as a:
+                a.bind(("127.0.0.1", 0))
+                port = a.getsockname()[1]
+                try:
+                    with socket.socket() as b:
+                        b.bind(("127.0.0.1", port + 1))
+                        return port
+                except OSError:
+                    continue
+        raise RuntimeError("no two free consecutive ports for a broker")
 
     def kill(self) -> None:
         import os

@@ -7,6 +7,7 @@ import re
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import orjson
 import pytest
@@ -196,6 +197,47 @@ def test_take_over_in_the_middle_of_rebalances(s1h):
     t = scenario_two_workers_churn(s1h)
     assert t.counts == (0, 0, 0), t
     assert_changelogs_equal(s1h, t.tables)
+
+
+def test_a_record_withheld_from_the_agent_is_sought_back_not_lost(s1h, tmp_path):
+    """The Faust fault the offset gate exists for, made to happen: record X of a partition is taken away
+    from the agent once (and acked) while X+1, ... go on (tests/processors/drop_once_worker.py). The
+    gate holds the successors back, seeks back to X, and the state takes X then the rest: every signal
+    equal to the core's, the tables too."""
+    klines = load_klines("klines_1h.parquet", SYMBOLS[:4], limit_per_symbol=300)
+    expected, tables = expected_run(klines, s1h)
+    produce(s1h, klines)
+    ends = kafka_io.end_offsets(s1h, "klines")
+    partition = max(ends, key=lambda p: ends[p][1] - ends[p][0])
+    target = ends[partition][0] + (ends[partition][1] - ends[partition][0]) // 2
+    wdir = tmp_path / "w-drop"
+    wdir.mkdir()
+    stats_file, log_path = wdir / "stats.json", wdir / "worker.log"
+    env = {**os.environ, **to_env(s1h.with_(model_path="", data_dir=str(wdir))), "SMC_STATS_FILE": str(stats_file),
+           "SMC_TEST_DROP_ONCE": f"{partition}:{target}"}
+    log = open(log_path, "wb")
+    proc = subprocess.Popen([sys.executable, str(Path(__file__).parent / "drop_once_worker.py")], env=env,
+                            stdout=log, stderr=subprocess.STDOUT)
+    try:
+        deadline = time.monotonic() + 180
+        while kafka_io.topic_size(s1h, "signals") < len(expected):
+            assert proc.poll() is None, log_path.read_text()[-3000:]
+            assert time.monotonic() < deadline, log_path.read_text()[-3000:]
+            time.sleep(0.3)
+        time.sleep(1.5)
+        stats = orjson.loads(stats_file.read_bytes())
+    finally:
+        proc.terminate()
+        code = proc.wait(60)
+        log.close()
+    out = log_path.read_text()
+    assert code == 0, out[-3000:]
+    assert f"withheld klines record ({partition}, {target})" in out, out[-3000:]
+    assert stats["held_back"] >= 1 and stats["seeks"] >= 1, stats
+    got = signals_by_id(s1h)
+    assert set(got) == set(expected), f"missing {len(set(expected) - set(got))}, extra {len(set(got) - set(expected))}"
+    assert all(len(raws) == 1 and raws[0] == expected[sid] for sid, raws in got.items())
+    assert_changelogs_equal(s1h, tables)
 
 
 def test_poison_records_are_dead_letters_and_touch_no_state(s1h):
