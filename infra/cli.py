@@ -50,6 +50,32 @@ def cmd_run(args) -> int:
     return 0
 
 
+# --- smc backtest (issue 16): the main job's code in one process ------------------------------------
+def cmd_backtest(args) -> int:
+    from infra.backtest import run_backtest_in_process
+    from infra.pipeline import PipelineError, plan_backtest
+    console = Console()
+    settings = load_settings(args.config)
+    if args.scorer == "heuristic":
+        settings = settings.with_(model_path="")
+    interval = _interval_of(args.files, args.interval)
+    try:
+        plan = plan_backtest(args.files or None, args.symbols.split(",") if args.symbols else None, args.start,
+                             args.end, args.days, args.top, interval)
+        console.print(f"[bold]Backtest (in process)[/] {len(plan.symbols)} symbols x {interval}, {plan.klines:,} klines; "
+                      f"scorer: {'heuristic' if not settings.model_path else settings.model_path}")
+        res = run_backtest_in_process(settings, plan, console=console, report_dir=args.report_dir,
+                                      audit=not args.no_audit)
+    except PipelineError as exc:
+        console.print(f"[red]error:[/] {exc}")
+        return 2
+    total = res.timings["total_s"]
+    console.print(f"backtest: {res.counts}  timings: " + ", ".join(f"{k}={v:.1f}s" for k, v in res.timings.items())
+                  + f"  ({plan.klines / max(total, 1e-9):,.0f} klines/s end to end)")
+    return 0
+# --- end smc backtest ----------------------------------------------------------------------------------
+
+
 def cmd_query(args) -> int:
     from rich.table import Table
     from infra.clickhouse import AuditStore
@@ -147,6 +173,20 @@ def main(argv: list[str] | None = None) -> int:
     r.add_argument("--live-data", action="store_true", help="run live on Binance market data instead of recorded files")
     r.add_argument("--live", action="store_true", help="with --live-data and --broker binance: trade on the REAL exchange")
     r.set_defaults(fn=cmd_run)
+
+    bt = sub.add_parser("backtest", help="research: the main job's code (processors, executor, paper broker) in one "
+                        "process, no broker; the same records as `smc run` on the same data")
+    bt.add_argument("--files", nargs="*", help="recorded klines (Parquet/CSV); default: ingest/recorded/klines_1h.parquet")
+    bt.add_argument("--symbols", help="comma-separated symbols (default: the --top most traded)")
+    bt.add_argument("--top", type=int, default=24, help="how many symbols when --symbols is not given (default 24)")
+    bt.add_argument("--days", type=float, default=30, help="the last N days of the data (default 30)")
+    bt.add_argument("--start", help="period start (ISO date or ms)")
+    bt.add_argument("--end", help="period end, exclusive (ISO date or ms)")
+    bt.add_argument("--interval", help="bar interval of the files (default: from the file name, e.g. 1m)")
+    bt.add_argument("--scorer", choices=["model", "heuristic"], default="model")
+    bt.add_argument("--report-dir", help="where the HTML/PNG report goes (default reports/<run>)")
+    bt.add_argument("--no-audit", action="store_true", help="count the records only: no ClickHouse, no report")
+    bt.set_defaults(fn=cmd_backtest)
 
     q = sub.add_parser("query", help="run SQL against the audit trail (chDB or server, from SMC_CLICKHOUSE_DSN)")
     q.add_argument("sql", help="SQL text, or - for standard input")
