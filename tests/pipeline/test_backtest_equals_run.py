@@ -5,6 +5,7 @@ time of a decision / alert, for latency; 0 in process)."""
 from __future__ import annotations
 
 import re
+import uuid
 from pathlib import Path
 
 import orjson
@@ -39,15 +40,16 @@ def both(kafka_bootstrap, chdb_dsn, tmp_path_factory):
     from infra.settings import load_settings
     base = load_settings(env={}).with_(kafka_bootstrap=kafka_bootstrap, clickhouse_dsn=chdb_dsn, model_path="")
     plan = plan_backtest([PERPS], SYMBOLS, "2025-05-20", "2025-05-22", None, 0, "1m")
-    d = tmp_path_factory.mktemp("bt-eq")
-    s = base.with_(namespace=f"bteq-{d.name[-6:]}", data_dir=str(d))
-    run = run_backtest(s, plan, explicit_broker=True, report_dir=str(d / "run-report"), database=f"bteq_run_{d.name[-6:]}",
+    d = tmp_path_factory.mktemp("bteq")
+    tag = uuid.uuid4().hex[:8]
+    s = base.with_(namespace=f"bteq-{tag}", data_dir=str(d))
+    run = run_backtest(s, plan, explicit_broker=True, report_dir=str(d / "run-report"), database=f"bteq_run_{tag}",
                        progress=False)
     ran = {t: [(m.key(), m.value()) for m in kafka_io.read_topic(s, t, timeout=120)] for t in TOPICS}
     s_in = s.with_(interval=plan.interval, replay_end=plan.end)
     outputs, _ = run_in_process(s_in, plan, keep=True)
-    bt = run_backtest_in_process(base.with_(namespace=f"bteqip-{d.name[-6:]}", data_dir=str(d)), plan,
-                                 report_dir=str(d / "bt-report"), database=f"bteq_bt_{d.name[-6:]}")
+    bt = run_backtest_in_process(base.with_(namespace=f"bteqip-{tag}", data_dir=str(d)), plan,
+                                 report_dir=str(d / "bt-report"), database=f"bteq_bt_{tag}")
     yield plan, run, ran, outputs, bt
     kafka_io.delete_namespace(s)
 
