@@ -89,9 +89,71 @@ def day_chunks(plan: BacktestPlan) -> Iterator[tuple[int, int]]:
         t += DAY_MS
 
 
+class _BatchRow:
+    """One row of the batch engine's frame, read like the stream's BarOutput by processors.core.signal_bytes."""
+
+    __slots__ = ("timeframe", "open_time", "open", "high", "low", "close", "volume", "atr", "features", "setup",
+                 "events", "_events")
+
+    def __init__(self, tf, t, o, h, l, c, v, atr, events: str, features, side, entry, stop, target) -> None:
+        from processors.smc.setup import Setup
+        self.timeframe, self.open_time, self.open, self.high, self.low, self.close, self.volume, self.atr = \
+            tf, t, o, h, l, c, v, atr
+        self._events = events.encode()
+        self.events = {} if events == "{}" else True   # signal_bytes: the empty dict, or events_json()
+        self.features = features
+        self.setup = Setup(side, entry, stop, target)
+
+    def events_json(self) -> bytes:
+        return self._events
+
+
+def batch_signal_sequence(df, symbol: str, proc) -> Iterator[tuple[int, bytes]]:
+    """One symbol's signals from the numba batch engine, in the order the stream emits them: per base bar
+    its base signal, then the HTF bars that bar closes. -> (open_time of the emitting base bar, bytes).
+    Byte-identical to KlineProcessor's (the forms share their arithmetic; tests/smc/test_forms_agree.py)."""
+    import numpy as np
+    from processors.core import signal_bytes
+    from processors.smc import FEATURE_NAMES, compute_batch_all
+    from processors.smc.batch import _arrays, aggregate_htf
+    cfg = proc.config
+    bars = df.select(["open_time", "open", "high", "low", "close", "volume"])
+    frames = compute_batch_all(bars, cfg)
+    _, close_idx = aggregate_htf(_arrays(bars), cfg.interval_ms, cfg.htf_factor)
+    base_times = bars["open_time"].to_list()
+    (base_tf, base), (htf_tf, htf) = frames.items()
+
+    def rows(tf, frame):
+        feats = np.ascontiguousarray(frame.select(list(FEATURE_NAMES)).to_numpy(), dtype=np.float64)
+        conf = proc.scorer.score(feats) if len(feats) else np.zeros(0)
+        cols = frame.select(["open_time", "open", "high", "low", "close", "volume", "atr", "events",
+                             "setup_side", "setup_entry", "setup_stop", "setup_target"]).iter_rows()
+        for (t, o, h, l, c, v, atr, ev, side, en, st, tg), f, p in zip(cols, feats.tolist(), conf.tolist()):
+            yield signal_bytes(symbol, _BatchRow(tf, t, o, h, l, c, v, atr, ev, f, side, en, st, tg), p,
+                               proc.scorer.version, proc.strategy_version)
+
+    htf_rows = rows(htf_tf, htf)
+    closes = close_idx.tolist()
+    k = 0
+    for i, raw in enumerate(rows(base_tf, base)):
+        yield base_times[i], raw
+        while k < len(closes) and closes[k] == i:
+            yield base_times[i], next(htf_rows)
+            k += 1
+
+
+def _tagged(symbol: str, seq) -> Iterator[tuple[int, str, bytes]]:
+    for t, raw in seq:
+        yield t, symbol, raw
+
+
 def run_in_process(settings: Settings, plan: BacktestPlan, *, sink: Callable[[str, list], None] | None = None,
-                   keep: bool = False, chunks: Iterator[tuple[int, int]] | None = None) -> tuple[Outputs, dict]:
-    """Run the plan through the processors' core and the executor engine. sink(table_base, messages) gets
+                   keep: bool = False, chunks: Iterator[tuple[int, int]] | None = None,
+                   engine_form: str = "stream") -> tuple[Outputs, dict]:
+    """Run the plan through the processors' core and the executor engine. engine_form "stream": the
+    processors' KlineProcessor one UTC day at a time (flat input memory; bad rows to the dlq as in smc run);
+    "batch": the numba batch engine per symbol over the whole period (byte-identical signals, ~8x faster;
+    needs clean input, else PipelineError). sink(table_base, messages) gets
     the decoded messages per audit topic in batches (None: not stored). keep: Outputs holds every record's
     bytes (the equality test). -> (outputs, timings)."""
     from executor.service import OUTPUT_TOPICS, ExecutorService
@@ -132,7 +194,53 @@ def run_in_process(settings: Settings, plan: BacktestPlan, *, sink: Callable[[st
                 emit(base, b"account" if isinstance(r, Equity) else r.symbol.encode(), encode(r), r)
         t["executor_s"] += time.perf_counter() - t0
 
-    for start, end in (chunks if chunks is not None else day_chunks(plan)):
+    if engine_form == "batch":
+        import heapq
+        from processors.smc import BadBar
+        t0 = time.perf_counter()
+        try:
+            df = load_klines(plan.files, plan.symbols, plan.start, plan.end, plan.interval)
+        except ReplayError as exc:
+            raise PipelineError(str(exc)) from None
+        if sink is not None or keep:
+            for item in frame_to_klines(df, plan.interval):
+                if isinstance(item, tuple):
+                    raise PipelineError(f"invalid kline {item[0]}: {item[1]} (the batch form needs clean input; "
+                                        "use the stream form, which sends it to the dlq)")
+                raw = encode_kline(item)
+                emit("klines", item.symbol.encode(), raw, None if sink is None else decode_kline(raw))
+        else:
+            out.counts["klines"] = df.height
+        seqs = []
+        for (sym,), d in df.group_by("symbol", maintain_order=True):
+            seqs.append(_tagged(sym, batch_signal_sequence(d, sym, proc)))
+        del df
+        t["read_s"] += time.perf_counter() - t0
+        batch = []
+        t1 = time.perf_counter()
+        try:
+            for _, sym, raw in heapq.merge(*seqs, key=lambda x: (x[0], x[1])):
+                p = parts.get(sym)
+                if p is None:
+                    p = parts[sym] = signal_partition(sym, settings.partitions)
+                key = sym.encode()
+                batch.append(_Record(signals_topic, p, key, raw))
+                emit("signals", key, raw, None if sink is None else decode_signal(raw))
+                if len(batch) >= 20_000:
+                    merge.add(batch)
+                    batch = []
+                    t["processors_s"] += time.perf_counter() - t1
+                    execute(merge.release(flush=False, limit=1 << 62))
+                    if sink is not None:
+                        for base, msgs in pending.items():
+                            sink(base, msgs)
+                        pending.clear()
+                    t1 = time.perf_counter()
+        except BadBar as exc:
+            raise PipelineError(f"{exc} (the batch form needs clean input; use the stream form)") from None
+        merge.add(batch)
+        t["processors_s"] += time.perf_counter() - t1
+    for start, end in (() if engine_form == "batch" else chunks if chunks is not None else day_chunks(plan)):
         t0 = time.perf_counter()
         try:
             df = load_klines(plan.files, plan.symbols, start, end, plan.interval)
@@ -185,7 +293,7 @@ def run_in_process(settings: Settings, plan: BacktestPlan, *, sink: Callable[[st
 
 
 def run_backtest_in_process(settings: Settings, plan: BacktestPlan, *, console=None, report_dir: str | None = None,
-                            database: str | None = None, audit: bool = True) -> RunResult:
+                            database: str | None = None, audit: bool = True, engine_form: str = "batch") -> RunResult:
     """`smc backtest`: run_in_process into the run's own ClickHouse database, then the main job's report."""
     from rich.console import Console
     from infra.clickhouse import AuditStore, exclusive, run_database
@@ -203,7 +311,7 @@ def run_backtest_in_process(settings: Settings, plan: BacktestPlan, *, console=N
     (run_dir / "settings.env.json").write_bytes(orjson.dumps(to_env(settings), option=orjson.OPT_INDENT_2))
     t0 = time.monotonic()
     if not audit:
-        outputs, timings = run_in_process(settings, plan)
+        outputs, timings = run_in_process(settings, plan, engine_form=engine_form)
         result.counts = dict(outputs.counts)
         result.timings = {**timings, "total_s": time.monotonic() - t0}
         return result
@@ -214,7 +322,7 @@ def run_backtest_in_process(settings: Settings, plan: BacktestPlan, *, console=N
         def sink(base: str, msgs: list) -> None:
             store.insert(TOPIC_TABLES[base].name, msgs)
 
-        outputs, timings = run_in_process(settings, plan, sink=sink)
+        outputs, timings = run_in_process(settings, plan, sink=sink, engine_form=engine_form)
         if outputs.counts.get("klines", 0) == 0:
             raise PipelineError("the plan's period holds no klines")
         out = Path(report_dir) if report_dir else REPO_ROOT / "reports" / ns

@@ -65,7 +65,7 @@ def cmd_backtest(args) -> int:
         console.print(f"[bold]Backtest (in process)[/] {len(plan.symbols)} symbols x {interval}, {plan.klines:,} klines; "
                       f"scorer: {'heuristic' if not settings.model_path else settings.model_path}")
         res = run_backtest_in_process(settings, plan, console=console, report_dir=args.report_dir,
-                                      audit=not args.no_audit)
+                                      audit=not args.no_audit, engine_form=args.engine)
     except PipelineError as exc:
         console.print(f"[red]error:[/] {exc}")
         return 2
@@ -185,6 +185,8 @@ def main(argv: list[str] | None = None) -> int:
     bt.add_argument("--interval", help="bar interval of the files (default: from the file name, e.g. 1m)")
     bt.add_argument("--scorer", choices=["model", "heuristic"], default="model")
     bt.add_argument("--report-dir", help="where the HTML/PNG report goes (default reports/<run>)")
+    bt.add_argument("--engine", choices=["batch", "stream"], default="batch",
+                    help="SMC columns from the numba batch engine (default; clean input) or the stream processors")
     bt.add_argument("--no-audit", action="store_true", help="count the records only: no ClickHouse, no report")
     bt.set_defaults(fn=cmd_backtest)
 

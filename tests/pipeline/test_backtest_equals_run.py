@@ -47,15 +47,17 @@ def both(kafka_bootstrap, chdb_dsn, tmp_path_factory):
                        progress=False)
     ran = {t: [(m.key(), m.value()) for m in kafka_io.read_topic(s, t, timeout=120)] for t in TOPICS}
     s_in = s.with_(interval=plan.interval, replay_end=plan.end)
-    outputs, _ = run_in_process(s_in, plan, keep=True)
+    outputs = {form: run_in_process(s_in, plan, keep=True, engine_form=form)[0] for form in ("stream", "batch")}
     bt = run_backtest_in_process(base.with_(namespace=f"bteqip-{tag}", data_dir=str(d)), plan,
                                  report_dir=str(d / "bt-report"), database=f"bteq_bt_{tag}")
     yield plan, run, ran, outputs, bt
     kafka_io.delete_namespace(s)
 
 
-def test_every_record_equals_smc_run(both):
+@pytest.mark.parametrize("form", ["stream", "batch"])
+def test_every_record_equals_smc_run(both, form):
     plan, run, ran, outputs, _ = both
+    outputs = outputs[form]
     assert len(ran["klines"]) == plan.klines
     assert len(ran["orders"]) > 50 and len(ran["fills"]) > 50, "the slice should trade"
     for t in TOPICS:
