@@ -142,6 +142,17 @@ def batch_signal_sequence(df, symbol: str, proc) -> Iterator[tuple[int, bytes]]:
             k += 1
 
 
+def execute_signals(engine, signals, emit) -> None:
+    """The executor service's per-signal step without Kafka: engine.process, each record to emit(topic base,
+    key, value bytes, record) with the service's keys (symbol; "account" for equity)."""
+    from executor.service import OUTPUT_TOPICS
+    from schemas.codec import encode
+    from schemas.trading import Equity
+    for sig in signals:
+        for r in engine.process(sig, wall_ts=0):
+            emit(OUTPUT_TOPICS[type(r)], b"account" if isinstance(r, Equity) else r.symbol.encode(), encode(r), r)
+
+
 def _tagged(symbol: str, seq) -> Iterator[tuple[int, str, bytes]]:
     for t, raw in seq:
         yield t, symbol, raw
@@ -149,14 +160,16 @@ def _tagged(symbol: str, seq) -> Iterator[tuple[int, str, bytes]]:
 
 def run_in_process(settings: Settings, plan: BacktestPlan, *, sink: Callable[[str, list], None] | None = None,
                    keep: bool = False, chunks: Iterator[tuple[int, int]] | None = None,
-                   engine_form: str = "stream") -> tuple[Outputs, dict]:
+                   engine_form: str = "stream", cfg=None, released: list | None = None) -> tuple[Outputs, dict]:
     """Run the plan through the processors' core and the executor engine. engine_form "stream": the
     processors' KlineProcessor one UTC day at a time (flat input memory; bad rows to the dlq as in smc run);
     "batch": the numba batch engine per symbol over the whole period (byte-identical signals, ~8x faster;
-    needs clean input, else PipelineError). sink(table_base, messages) gets
+    needs clean input, else PipelineError). cfg: the ExecutorConfig (default: from the environment, as the
+    executor service). released: when given, the decoded signals are collected there in the executor's
+    order instead of being executed (a sweep runs many engines over them: execute_signals). sink(table_base, messages) gets
     the decoded messages per audit topic in batches (None: not stored). keep: Outputs holds every record's
     bytes (the equality test). -> (outputs, timings)."""
-    from executor.service import OUTPUT_TOPICS, ExecutorService
+    from executor.service import ExecutorService
     from infra.kafka_io import topic as topic_name
     from ingest.replay import ReplayError, frame_to_klines, load_klines
     from processors.core import KlineProcessor, MemoryTables, open_time_limit
@@ -164,7 +177,6 @@ def run_in_process(settings: Settings, plan: BacktestPlan, *, sink: Callable[[st
     from schemas import decode_kline, encode_kline, make_reject
     from schemas.codec import encode
     from schemas.signal import decode_signal
-    from schemas.trading import Equity, Order
 
     out = Outputs(keep=keep)
     t = {"read_s": 0.0, "processors_s": 0.0, "executor_s": 0.0, "sink_s": 0.0}
@@ -172,7 +184,7 @@ def run_in_process(settings: Settings, plan: BacktestPlan, *, sink: Callable[[st
                           settings.htf_factor,
                           time_limit=open_time_limit(settings.interval, settings.replay_end, lambda: int(time.time() * 1000)))
     tables = MemoryTables()
-    svc = ExecutorService(settings)        # builds the engine, paper broker and instruments; no Kafka until start()
+    svc = ExecutorService(settings, cfg)   # builds the engine, paper broker and instruments; no Kafka until start()
     engine = svc.engine
     merge = svc.merge
     signals_topic = topic_name(settings, "signals")
@@ -187,11 +199,11 @@ def run_in_process(settings: Settings, plan: BacktestPlan, *, sink: Callable[[st
 
     def execute(msgs) -> None:
         t0 = time.perf_counter()
-        for m in msgs:
-            sig = decode_signal(m.value())
-            for r in engine.process(sig, wall_ts=0):
-                base = OUTPUT_TOPICS[type(r)]
-                emit(base, b"account" if isinstance(r, Equity) else r.symbol.encode(), encode(r), r)
+        sigs = [decode_signal(m.value()) for m in msgs]
+        if released is not None:
+            released.extend(sigs)
+        else:
+            execute_signals(engine, sigs, emit)
         t["executor_s"] += time.perf_counter() - t0
 
     if engine_form == "batch":
