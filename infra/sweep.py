@@ -132,7 +132,8 @@ def run_sweep(settings, plan, grid: dict | None = None, workers: int = 2, window
         best = int(np.argmax(is_sr))
         r = m[outs, best]
         oos.append(r)
-        wf.append({"window": k + 1, "chosen": best, "config": configs[best], "is_sharpe": float(is_sr[best]),
+        # window: the 1-based index of the out-of-sample block
+        wf.append({"window": k + 2, "chosen": best, "config": configs[best], "is_sharpe": float(is_sr[best]),
                    "oos_sharpe": sharpe(r), "oos_return": float(np.prod(1 + r) - 1)})
     o = np.concatenate(oos)
     rng = np.random.default_rng(seed)
@@ -159,6 +160,6 @@ def write_report(res: SweepResult, plan, out: Path) -> Path:
         f"{res.returns.shape[0]} hours; chosen {html.escape(str(res.configs[res.chosen]))}</p>"
         f"<p>deflated Sharpe ratio {res.dsr:.3f}; PBO (CSCV) {res.pbo:.3f}; out-of-sample mean hourly return "
         f"{res.oos_mean:.2e} (95% CI {res.oos_ci[0]:.2e} .. {res.oos_ci[1]:.2e})</p>"
-        f"<table border=1><tr><th>OOS window</th><th>chosen on the previous window</th><th>IS Sharpe</th>"
+        f"<table border=1><tr><th>OOS window (1-based)</th><th>chosen on the previous window</th><th>IS Sharpe</th>"
         f"<th>OOS Sharpe</th><th>OOS return</th></tr>{rows}</table></body></html>")
     return out
