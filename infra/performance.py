@@ -142,3 +142,44 @@ def summarize(trades: list[Trade], eq_ts: np.ndarray, eq: np.ndarray, start_equi
         "funding": float(sum(t.funding for t in trades)),
         "avg_minutes_held": (float(np.mean([(t.closed_at - t.opened_at) / 60000 for t in trades])) if trades else 0.0),
     }
+
+
+@dataclass(frozen=True)
+class ClosedPosition:
+    """What the random-entry baseline needs of a closed position (positions table)."""
+    symbol: str
+    side: str
+    qty: float
+    entry_price: float    # the fill
+    stop: float
+    target: float
+    realized_pnl: float   # net
+
+
+def random_entry_evidence(positions: list[ClosedPosition], bars: dict, interval_ms: int, paper, exits,
+                          seeds: int = 20, funding=None) -> dict | None:
+    """The run's trades vs random entries with the same exits, costs, side mix and stop distances
+    (models.baselines.evidence, >= 20 seeds, simulated by models.labels.simulate_trades with the run's
+    paper costs and exit rules), always-flat and buy-and-hold of the traded basket. R per trade here is
+    net PnL / (qty x |fill - stop|) (the positions table keeps the fill, not the signal's entry).
+    `bars`: symbol -> models.baselines.SymbolBars of the run. None when there is nothing to compare."""
+    from models.baselines import evidence
+    from models.dataset import tick_of
+    from models.labels import LabelConfig, simulate_trades
+    pos = [p for p in positions if p.symbol in bars and p.qty > 0 and p.entry_price != p.stop]
+    if not pos:
+        return None
+    cfg = LabelConfig(exits=exits, paper=paper)
+
+    def simulate(sym, idx, side, entry, stop, target):
+        b = bars[sym]
+        return simulate_trades(sym, idx, side, entry, stop, target, b.open_time, b.open, b.high, b.low, b.close,
+                               interval_ms, tick_of(sym, float(b.close[-1])) or 1e-8, cfg, funding)
+
+    dist = np.array([abs(p.entry_price - p.stop) for p in pos])
+    r = np.array([p.realized_pnl / (p.qty * d) for p, d in zip(pos, dist)])
+    side = np.array([1 if p.side == "long" else -1 for p in pos])
+    ratio = np.array([abs(p.target - p.entry_price) / d if p.target > 0 else 2.0 for p, d in zip(pos, dist)])
+    frac = dist / np.array([p.entry_price for p in pos])
+    return evidence(r, np.array([p.symbol for p in pos]), side, frac, ratio, bars, simulate, seeds=seeds,
+                    n_boot=1000, taker_fee=paper.taker_fee, slippage_bps=paper.slippage_bps)

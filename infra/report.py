@@ -18,7 +18,7 @@ from rich.console import Console
 from rich.table import Table
 
 from infra.clickhouse import AuditStore
-from infra.performance import Trade, drawdown_series, group_pnl, summarize, tier_of
+from infra.performance import ClosedPosition, Trade, drawdown_series, group_pnl, random_entry_evidence, summarize, tier_of
 
 
 def load_trades(store: AuditStore) -> list[Trade]:
@@ -26,6 +26,38 @@ def load_trades(store: AuditStore) -> list[Trade]:
         f"SELECT symbol, side, opened_at, closed_at, realized_pnl, fees, funding, confidence, pattern, exit_reason "
         f"FROM {store.database}.positions FINAL WHERE status = 'closed' ORDER BY closed_at, position_id")
     return [Trade(*r) for r in rows]
+
+
+def load_baselines(store: AuditStore, seeds: int = 20) -> dict | None:
+    """Random entries with the same exits (and always-flat, buy-and-hold) for the run's closed trades,
+    on the run's own klines, with the executor's costs and exit rules from the environment (SMC_EXEC_*)."""
+    from executor.config import config_from_env
+    from models.baselines import SymbolBars
+    _, rows = store.query(
+        f"SELECT symbol, side, qty, entry_price, stop, target, realized_pnl FROM {store.database}.positions FINAL "
+        "WHERE status = 'closed' ORDER BY opened_at, position_id")
+    if not rows:
+        return None
+    _, ivs = store.query(f"SELECT `interval`, count() AS n FROM {store.database}.klines FINAL GROUP BY `interval` ORDER BY n DESC")
+    if not ivs:
+        return None
+    from models.dataset import interval_ms_of
+    interval = ivs[0][0]
+    _, kl = store.query(f"SELECT symbol, open_time, open, high, low, close FROM {store.database}.klines FINAL "
+                        f"WHERE `interval` = '{interval}' ORDER BY symbol, open_time")
+    by: dict[str, list] = {}
+    for r in kl:
+        by.setdefault(r[0], []).append(r[1:])
+    bars = {}
+    for sym, rs in by.items():
+        a = np.asarray(rs, dtype=np.float64)
+        bars[sym] = SymbolBars(a[:, 0].astype(np.int64), a[:, 1], a[:, 2], a[:, 3], a[:, 4])
+    cfg = config_from_env(1.0)
+    ev = random_entry_evidence([ClosedPosition(*r) for r in rows], bars, interval_ms_of(interval), cfg.paper,
+                               cfg.exits, seeds)
+    if ev is not None:
+        ev["interval"] = interval
+    return ev
 
 
 def load_equity(store: AuditStore) -> tuple[np.ndarray, np.ndarray]:
@@ -113,6 +145,7 @@ def build_report(store: AuditStore, out_dir: str | Path, start_equity: float, pl
               "pattern": group_pnl(trades, lambda t: t.pattern or "(none)"),
               "tier": group_pnl(trades, lambda t: tier_of(t.confidence)),
               "exit_reason": group_pnl(trades, lambda t: t.exit_reason)}
+    summary["baselines"] = load_baselines(store)
     images = _plots(trades, ts, eq, start_equity, out)
     (out / "summary.json").write_bytes(orjson.dumps({"summary": summary, "groups": groups},
                                                     option=orjson.OPT_INDENT_2 | orjson.OPT_SORT_KEYS))
@@ -139,11 +172,25 @@ def _html(summary: dict, groups: dict, trades: list[Trade], images: dict[str, st
               "minutes": (t.closed_at - t.opened_at) // 60000, "pnl": t.pnl, "fees": t.fees, "funding": t.funding,
               "confidence": t.confidence, "pattern": t.pattern, "exit": t.exit_reason} for t in trades]
     grp = "".join(f"<h2>PnL by {html.escape(k)}</h2>{_table_html(v)}" for k, v in groups.items())
+    base = baseline_text(summary.get("baselines"))
+    grp = (f"<h2>Baselines: random entries with the same exits</h2><p>{html.escape(base)}</p>" if base else "") + grp
     return f"""<!doctype html><html><head><meta charset="utf-8"><title>SMC-Quant run report</title>
 <style>body{{font-family:system-ui,sans-serif;margin:2em;max-width:1100px}}table{{border-collapse:collapse;margin:1em 0}}
 td,th{{border:1px solid #ccc;padding:3px 8px;text-align:right}}th{{background:#f3f3f3}}img{{max-width:100%}}</style></head>
 <body><h1>SMC-Quant run report</h1><p><b>{html.escape(verdict(summary))}</b></p><table>{kv}</table><h2>Decisions</h2>{dec}{imgs}{grp}
 <h2>Trades ({len(trades)})</h2>{_table_html(tlist)}</body></html>"""
+
+
+def baseline_text(b: dict | None) -> str:
+    """One paragraph: the run's mean R per trade vs random entries, always-flat and buy-and-hold, with CIs."""
+    if not b:
+        return ""
+    st, rd, df = b["strategy"], b["random"], b["strategy_minus_random"]
+    return (f"mean R per trade {st['mean']:+.3f} [95 % CI {st['lo']:+.3f}, {st['hi']:+.3f}] over {st['n']} trades; "
+            f"random entries with the same exits, costs, side mix and stop distances ({rd['seeds']} seeds, "
+            f"{b.get('interval', '')} bars of this run): {rd['mean']:+.3f} [{rd['lo']:+.3f}, {rd['hi']:+.3f}]; "
+            f"difference {df['mean']:+.3f} [{df['lo']:+.3f}, {df['hi']:+.3f}]; always flat 0 R; buy-and-hold of the "
+            f"traded symbols {b['buy_and_hold']['return_pct']:+.2f} %")
 
 
 def verdict(summary: dict) -> str:
@@ -170,6 +217,9 @@ def _print(console: Console, summary: dict, groups: dict, out: Path) -> None:
         for k, v in list(summary["decisions"].items())[:10]:
             d.add_row(k, str(v))
         console.print(d)
+    base = baseline_text(summary.get("baselines"))
+    if base:
+        console.print(f"baselines: {base}")
     note = verdict(summary)
     if note:
         console.print(f"[yellow]{note}[/]")

@@ -5,35 +5,44 @@ import argparse
 import sys
 
 
+def _files(arg: str) -> list[str]:
+    return [f.strip() for f in arg.split(",") if f.strip()]
+
+
 def main(argv: list[str] | None = None) -> int:
-    from .dataset import FULL_1H, WIDE_1H
+    from .train import DEFAULT_OOS, DEFAULT_TRAIN, _rel
     ap = argparse.ArgumentParser(prog="python -m models", description="SMC LightGBM confidence model")
     sub = ap.add_subparsers(dest="cmd", required=True)
-    tr = sub.add_parser("train", help="build the dataset, purged CV, calibrate, write <out>/lgbm_smc.{txt,json}")
-    tr.add_argument("--data", default=str(FULL_1H), help="training klines parquet (default: klines_1h_full)")
-    tr.add_argument("--holdout-data", default=str(WIDE_1H),
-                    help="out-of-sample klines file; its last bar also sets the holdout end ('' = none)")
-    tr.add_argument("--symbols", default="", help="comma-separated training symbols (default: all in --data)")
-    tr.add_argument("--holdout-days", type=float, default=120.0)
+    tr = sub.add_parser("train", help="build the setups, purged CV in the training periods, calibrate, write "
+                                      "<out>/lgbm_smc.{txt,json}, report out-of-sample with baselines")
+    tr.add_argument("--interval", default="1m", choices=["1m", "5m", "15m", "1h"],
+                    help="bar interval of the data (HTF = 5 x interval: 1m -> 5m)")
+    tr.add_argument("--data", default=",".join(_rel(p) for p in DEFAULT_TRAIN),
+                    help="comma-separated training kline parquets (default: USD-M perps 1m 2023-07, 2025-02)")
+    tr.add_argument("--oos-data", default=",".join(_rel(p) for p in DEFAULT_OOS),
+                    help="comma-separated out-of-sample kline parquets (default: USD-M perps 1m 2025-05)")
+    tr.add_argument("--symbols", default="", help="comma-separated symbols (default: all in the files)")
     tr.add_argument("--seed", type=int, default=7)
-    tr.add_argument("--horizon", type=int, default=24, help="time-out in bars")
     tr.add_argument("--max-rounds", type=int, default=300)
+    tr.add_argument("--max-setups", type=int, default=0, help="seeded subsample of the training setups (0 = all)")
+    tr.add_argument("--embargo-hours", type=float, default=6.0)
+    tr.add_argument("--baseline-seeds", type=int, default=20)
     tr.add_argument("--out", default="models")
-    ev = sub.add_parser("evaluate", help="out-of-sample report vs the heuristic (HTML + text + rich table)")
+    tr.add_argument("--report", default="reports/model", help="out-of-sample report directory ('' = none)")
+    ev = sub.add_parser("evaluate", help="re-run the out-of-sample report of a model (HTML + text + rich table)")
     ev.add_argument("--model", default="models/lgbm_smc.txt")
-    ev.add_argument("--data", default=None, help="majors file (default: the model's training file)")
-    ev.add_argument("--holdout-data", default=None, help="wide file (default: the model's holdout file)")
+    ev.add_argument("--data", default="", help="comma-separated kline parquets (default: the model's out-of-sample files)")
+    ev.add_argument("--baseline-seeds", type=int, default=20)
     ev.add_argument("--out", default="reports/model")
     a = ap.parse_args(argv)
     if a.cmd == "train":
-        from .labels import LabelConfig
         from .train import run_train
-        syms = [s.strip() for s in a.symbols.split(",") if s.strip()] or None
-        run_train(a.data, syms, a.holdout_days, a.holdout_data or None, a.seed, a.out,
-                  LabelConfig(horizon=a.horizon), max_rounds=a.max_rounds)
+        run_train(_files(a.data), _files(a.oos_data), a.interval, a.seed, a.out, max_rounds=a.max_rounds,
+                  max_setups=a.max_setups, symbols=_files(a.symbols) or None, embargo_hours=a.embargo_hours,
+                  baseline_seeds=a.baseline_seeds, report_dir=a.report or None)
         return 0
     from .evaluate import run_evaluate
-    run_evaluate(a.model, a.out, a.data, a.holdout_data)
+    run_evaluate(a.model, a.out, _files(a.data) or None, a.baseline_seeds)
     return 0
 
 

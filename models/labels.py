@@ -1,121 +1,182 @@
-"""Triple-barrier labels for SMC setups, simulated the way the paper broker would trade them.
+"""Labels for SMC setups: the executor's own trade, simulated with the executor's own code.
 
-A setup is decided at the close of bar t (features from bars <= t). The trade:
+A setup is decided at the close of bar B0 (features from bars <= B0). What the executor (executor.engine
+with the paper broker) does with it, and what this module calls to reproduce it:
 
-* entry: MARKET at the NEXT bar's open (bar t+1 = B1), `slippage_bps` against us, taker fee;
-* stop / target: the setup's absolute prices, resting from the fill instant, so B1's own high/low can
-  trigger them. Per bar the rule of executor.exits.intrabar_exit: a gap through a level fills at the
-  bar's open; when both levels lie inside one bar the STOP counts (the worse outcome); the exit fills at
-  the level with slippage against us and pays the taker fee;
-* time-out: no level hit within `horizon` bars (B1..BH) -> MARKET exit at the open of B(H+1)
-  (the executor's time exits are market orders filling at the next bar's open), slippage + fee.
+* prices: `executor.strategy.derive_target` (the target R multiple, 0 = the signal's target) and
+  `executor.risk.round_prices` on the symbol's real tick (stop away from the entry, target toward it);
+  a setup the sizing refuses for its prices (zero distance / invalid) is dropped, as the executor skips it;
+* entry: MARKET at the next bar's open, `executor.brokers.paper.slipped_price` + `taker_fee`;
+* per bar B1, B2, ... (the engine's order within a bar): funding stamps reached by the bar's open
+  (`FundingSchedule`), then the resting stop / target (`executor.exits.intrabar_exit`: gap -> the open,
+  both in one bar -> the stop; fills at the level with slippage + taker fee at the bar's close time),
+  then the time exits at the bar's end (`executor.exits.time_exit` with `ExitRules`: 2 h max hold,
+  30-min stagnation under 0.1 %), which send a MARKET exit filling at the NEXT bar's open;
+* R = net PnL / (|rounded entry - rounded stop|): the executor's risk per unit of quantity (every
+  cost is linear in the quantity, so the R of a trade does not depend on its size).
 
-Outputs per candidate: exit reason, exit index, label end time `t1` (the instant the exit fills: the
-close_time of the bar that hit a level, or the open_time of B(H+1) for a time-out), the net PnL per
-unit of quantity and the realized R = net PnL / planned risk, where planned risk = |entry - stop| of
-the signal (what the executor sizes on). label = 1 iff the net PnL after fees and slippage is > 0
-(a target hit is a win unless fees exceed it; a time-out counts as a win when it is net positive).
-Candidates whose horizon runs past the end of the series are dropped (label unknown), as are
-degenerate setups (planned risk <= 0).
+label = 1 iff the net PnL (after fees, slippage and funding) is > 0. `t1` = the instant the exit fills
+(used for purging). A setup whose trade is still open at the end of the series, or meets a hole in
+the bars, is dropped (outcome unknown).
+
+Funding (the hook for real funding): `ConstantFunding` is the engine's current rule (one rate, stamps on
+the UTC grid of `PaperConfig.funding_hours`); `RecordedFunding` charges the real settlements (real times,
+real rates) from ingest/recorded/funding_*.parquet on the bar's open price, as the engine charges them.
+When the executor charges real funding itself, its schedule object should be passed here instead.
 """
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Protocol
 
 import numpy as np
+
+from executor.brokers.paper import PaperConfig, slipped_price, taker_fee
+from executor.exits import ExitRules, intrabar_exit, time_exit
+from executor.risk import round_prices
+from executor.strategy import derive_target
+
+HOUR_MS = 3_600_000
+REASONS = ("stop", "target", "max_hold", "stagnation")
+REASON_CODE = {r: i for i, r in enumerate(REASONS)}
+
+
+class FundingSchedule(Protocol):
+    def settlements(self, symbol: str, after_ms: int, upto_ms: int) -> list[tuple[int, float]]:
+        """[(settlement time, rate)] with after_ms < time <= upto_ms, in time order."""
+
+
+@dataclass(frozen=True)
+class ConstantFunding:
+    """The paper engine's rule on main: `paper.funding_rate` at every multiple of the symbol's interval."""
+    paper: PaperConfig = field(default_factory=PaperConfig)
+
+    def settlements(self, symbol: str, after_ms: int, upto_ms: int) -> list[tuple[int, float]]:
+        interval = self.paper.funding_hours(symbol) * HOUR_MS
+        out, stamp = [], (after_ms // interval + 1) * interval
+        while stamp <= upto_ms:
+            out.append((stamp, self.paper.funding_rate))
+            stamp += interval
+        return out
+
+
+class RecordedFunding:
+    """Real settlements (symbol, funding_time ms, funding_rate) from the recorded funding files."""
+
+    def __init__(self, frames) -> None:
+        import polars as pl
+        df = pl.concat([f.select(["symbol", "funding_time", "funding_rate"]) for f in frames]).unique().sort(
+            ["symbol", "funding_time"])
+        self._by: dict[str, tuple[np.ndarray, np.ndarray]] = {}
+        for (sym,), g in df.group_by(["symbol"], maintain_order=True):
+            self._by[sym] = (g["funding_time"].to_numpy().astype(np.int64), g["funding_rate"].to_numpy())
+        self.files: list[str] = []
+
+    @classmethod
+    def from_files(cls, paths) -> "RecordedFunding":
+        import polars as pl
+        obj = cls([pl.read_parquet(p) for p in paths])
+        obj.files = [Path(p).name for p in paths]
+        return obj
+
+    def symbols(self) -> list[str]:
+        return sorted(self._by)
+
+    def settlements(self, symbol: str, after_ms: int, upto_ms: int) -> list[tuple[int, float]]:
+        if symbol not in self._by:
+            raise KeyError(f"no funding history for symbol {symbol!r}")
+        t, r = self._by[symbol]
+        a, b = np.searchsorted(t, after_ms, side="right"), np.searchsorted(t, upto_ms, side="right")
+        return [(int(t[k]), float(r[k])) for k in range(a, b)]
 
 
 @dataclass(frozen=True)
 class LabelConfig:
-    horizon: int = 24            # bars held at most (B1..BH); 24 x 1h = one day
-    taker_fee: float = 0.0005    # per side (Binance USD-M regular taker)
-    slippage_bps: float = 1.0    # per fill, against us (paper broker default)
+    exits: ExitRules = field(default_factory=ExitRules)
+    paper: PaperConfig = field(default_factory=PaperConfig)
+    target_r_multiple: float = 0.0          # executor.strategy.StrategyConfig.target_r_multiple
 
     def to_dict(self) -> dict:
-        return asdict(self)
+        return {"exits": asdict(self.exits), "slippage_bps": self.paper.slippage_bps,
+                "taker_fee": self.paper.taker_fee, "target_r_multiple": self.target_r_multiple}
 
     def describe(self) -> str:
-        return (f"triple barrier: fill at next bar open (+{self.slippage_bps} bps slippage), setup stop/target "
-                f"resting from the fill (gap -> open, both in one bar -> stop), time-out after {self.horizon} bars "
-                f"-> exit at the following open; taker fee {self.taker_fee:.4%} per side; "
-                "label = 1 iff net PnL after fees and slippage > 0; R = net PnL / |signal entry - stop|")
+        e = self.exits
+        return (f"the executor's paper trade: MARKET entry at the next bar's open (+{self.paper.slippage_bps:g} bps "
+                f"slippage, taker fee {self.paper.taker_fee:.4%}), stop/target rounded to the symbol's tick and resting "
+                "from the fill (executor.exits.intrabar_exit: gap -> open, both in one bar -> stop), time exits "
+                f"(executor.exits.time_exit): max hold {e.max_hold_ms // 60_000} min, stagnation after "
+                f"{e.stagnation_after_ms // 60_000} min under {e.stagnation_pct:.2%} -> MARKET at the next open; "
+                "funding at each settlement crossed; label = 1 iff net PnL > 0; R = net PnL / |entry - stop|")
 
 
-def intrabar(side: int, stop: float, target: float, o: float, h: float, lo: float) -> tuple[int, float]:
-    """executor.exits.intrabar_exit with ints: (0 none | -1 stop | +1 target, trigger price)."""
-    if side > 0:
-        if o <= stop:
-            return -1, o
-        if o >= target:
-            return 1, o
-        if lo <= stop:
-            return -1, stop
-        if h >= target:
-            return 1, target
-        return 0, 0.0
-    if o >= stop:
-        return -1, o
-    if o <= target:
-        return 1, o
-    if h >= stop:
-        return -1, stop
-    if lo <= target:
-        return 1, target
-    return 0, 0.0
-
-
-REASONS = {-1: "stop", 1: "target", 0: "timeout"}
-
-
-def label_candidates(idx: np.ndarray, side: np.ndarray, entry: np.ndarray, stop: np.ndarray, target: np.ndarray,
-                     open_time: np.ndarray, o: np.ndarray, h: np.ndarray, lo: np.ndarray, interval_ms: int,
-                     cfg: LabelConfig = LabelConfig()) -> dict[str, np.ndarray]:
-    """Label candidate bars `idx` (signal bar indices into one symbol's series).
-
-    side: +1 long / -1 short. Returns arrays aligned with `idx` plus `valid` (False = dropped)."""
-    n = len(o)
-    m = len(idx)
-    slip = cfg.slippage_bps * 1e-4
-    fee = cfg.taker_fee
-    O, H, L, T = o.tolist(), h.tolist(), lo.tolist(), open_time.tolist()
-    out = {k: np.zeros(m) for k in ("fill", "exit_price", "pnl", "r", "gross_ret", "net_ret")}
-    reason = np.zeros(m, dtype=np.int8)
+def simulate_trades(symbol: str, idx: np.ndarray, side: np.ndarray, entry: np.ndarray, stop: np.ndarray,
+                    target: np.ndarray, open_time: np.ndarray, o: np.ndarray, h: np.ndarray, lo: np.ndarray,
+                    c: np.ndarray, interval_ms: int, tick: float, cfg: LabelConfig = LabelConfig(),
+                    funding: FundingSchedule | None = None) -> dict[str, np.ndarray]:
+    """Simulate the executor's trade for each setup bar `idx` of one symbol's series (side +1 / -1).
+    Returns per-setup arrays aligned with `idx` plus `valid` (False = dropped). Amounts are per unit
+    of quantity: gross, fees, slippage (cost vs. the unslipped prices), funding (> 0 = paid), pnl (net)."""
+    funding = funding if funding is not None else ConstantFunding(cfg.paper)
+    n, m = len(o), len(idx)
+    O, H, L, C, T = o.tolist(), h.tolist(), lo.tolist(), c.tolist(), np.asarray(open_time, np.int64).tolist()
+    names = ("fill", "exit_price", "entry_r", "stop_r", "target_r", "gross", "fees", "slippage", "funding", "pnl", "r",
+             "risk")
+    out = {k: np.zeros(m) for k in names}
+    reason = np.full(m, -1, dtype=np.int8)
     exit_idx = np.full(m, -1, dtype=np.int64)
     t1 = np.zeros(m, dtype=np.int64)
-    bars_held = np.zeros(m, dtype=np.int64)
     valid = np.zeros(m, dtype=bool)
+    slip_bps, fee_rate, rules = cfg.paper.slippage_bps, cfg.paper.taker_fee, cfg.exits
     for k in range(m):
-        i = int(idx[k])
-        s = int(side[k])
-        risk = abs(float(entry[k]) - float(stop[k]))
-        if i + cfg.horizon + 1 >= n or risk <= 0 or s == 0:
+        i, s = int(idx[k]), int(side[k])
+        if s == 0 or i + 1 >= n:
             continue
-        st, tg = float(stop[k]), float(target[k])
-        fill = O[i + 1] * (1 + s * slip)
-        hit, px, j = 0, 0.0, i + cfg.horizon + 1
-        for jj in range(i + 1, i + cfg.horizon + 1):
-            hit, px = intrabar(s, st, tg, O[jj], H[jj], L[jj])
-            if hit:
-                j = jj
+        sd = "long" if s > 0 else "short"
+        tgt = derive_target(sd, float(entry[k]), float(stop[k]), float(target[k]), cfg.target_r_multiple)
+        e, st, tg = round_prices(sd, float(entry[k]), float(stop[k]), tgt, tick)
+        if not ((s > 0 and st < e) or (s < 0 and e < st)):
+            continue                                    # the sizing refuses it (zero_distance / invalid_prices)
+        buy, sell = ("BUY", "SELL") if s > 0 else ("SELL", "BUY")
+        fill = slipped_price(buy, O[i + 1], slip_bps)
+        opened_at = T[i + 1]
+        fund = 0.0
+        # every settlement the trade can cross: the time exits close it by max hold + one bar
+        pending = funding.settlements(symbol, opened_at - 1, opened_at + rules.max_hold_ms + interval_ms)
+        nxt = 0
+        raw, j, why, end = 0.0, -1, "", 0
+        for jj in range(i + 1, n):
+            if T[jj] - T[jj - 1] != interval_ms:
+                break                                   # a hole in the data: the outcome is unknown
+            while nxt < len(pending) and pending[nxt][0] <= T[jj]:
+                fund += s * O[jj] * pending[nxt][1]     # charged on the bar's open, as the engine does
+                nxt += 1
+            hit = intrabar_exit(sd, st, tg, O[jj], H[jj], L[jj])
+            if hit is not None:
+                why, raw = hit
+                j, end = jj, T[jj] + interval_ms - 1
                 break
-        if hit:
-            end = T[j] + interval_ms - 1
-        else:
-            px = O[j]
-            end = T[j]
-        exit_px = px * (1 - s * slip)
-        pnl = s * (exit_px - fill) - fee * (fill + exit_px)
-        out["fill"][k] = fill
-        out["exit_price"][k] = exit_px
-        out["pnl"][k] = pnl
-        out["r"][k] = pnl / risk
-        out["gross_ret"][k] = s * (px - O[i + 1]) / O[i + 1]
-        out["net_ret"][k] = pnl / fill
-        reason[k] = hit
-        exit_idx[k] = j
-        t1[k] = end
-        bars_held[k] = j - i
-        valid[k] = True
-    out.update(reason=reason, exit_idx=exit_idx, t1=t1, bars_held=bars_held, valid=valid,
-               label=(out["pnl"] > 0).astype(np.int8) * valid)
+            te = time_exit(sd, fill, opened_at, T[jj] + interval_ms - 1, C[jj], rules)
+            if te is not None:
+                if jj + 1 >= n or T[jj + 1] - T[jj] != interval_ms:
+                    break
+                why, raw, j, end = te, O[jj + 1], jj + 1, T[jj + 1]
+                break
+        if j < 0:
+            continue                                    # still open at the end of the data: outcome unknown
+        exit_px = slipped_price(sell, raw, slip_bps)
+        fees = taker_fee(fill, 1.0, fee_rate) + taker_fee(exit_px, 1.0, fee_rate)
+        gross = s * (exit_px - fill)
+        pnl = gross - fees - fund
+        risk = abs(e - st)
+        out["fill"][k], out["exit_price"][k] = fill, exit_px
+        out["entry_r"][k], out["stop_r"][k], out["target_r"][k] = e, st, tg
+        out["gross"][k], out["fees"][k], out["funding"][k], out["pnl"][k] = gross, fees, fund, pnl
+        out["slippage"][k] = abs(fill - O[i + 1]) + abs(raw - exit_px)     # included in gross (against us)
+        out["risk"][k], out["r"][k] = risk, pnl / risk
+        reason[k], exit_idx[k], t1[k], valid[k] = REASON_CODE[why], j, end, True
+    out.update(reason=reason, exit_idx=exit_idx, t1=t1, valid=valid,
+               bars_held=np.where(valid, exit_idx - np.asarray(idx, np.int64), 0),
+               label=((out["pnl"] > 0) & valid).astype(np.int8))
     return out

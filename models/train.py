@@ -3,8 +3,8 @@ isotonic calibration (fitted on out-of-fold predictions only) -> final model on 
 
 Deterministic: fixed seed, deterministic=True, force_col_wise, num_threads fixed (1). Same data + same
 seed -> same model text -> same content hash (models/lgbm_smc.json "content_hash", "version").
-The most recent `holdout_days` are never seen: training samples must END (label window t1) before the
-holdout start.
+Data: real Binance USD-M perpetual 1m klines. Training periods (default 2023-07 + 2025-02) choose
+everything (rounds, calibration); the out-of-sample period (default 2025-05) is only reported on.
 """
 from __future__ import annotations
 
@@ -21,11 +21,13 @@ import polars as pl
 from processors.smc import FEATURE_NAMES
 
 from .cv import purged_splits
-from .dataset import (DEFAULT_WARMUP, FULL_1H, HOUR_MS, REPO, WIDE_1H, build_dataset, file_sha256, load_klines, smc_config,
-                      xy)
-from .labels import LabelConfig
+from .dataset import (DEFAULT_WARMUP, HOUR_MS, PERPS_1M, RECORDED, REPO, build_dataset, file_sha256, interval_ms_of,
+                      load_klines, smc_config, xy)
+from .labels import LabelConfig, RecordedFunding
 
 DAY_MS = 86_400_000
+DEFAULT_TRAIN = (PERPS_1M["2023-07"], PERPS_1M["2025-02"])
+DEFAULT_OOS = (PERPS_1M["2025-05"],)
 
 
 def default_params(seed: int = 7, num_threads: int = 1) -> dict:
@@ -101,6 +103,8 @@ def train_model(ds: pl.DataFrame, cfg: TrainConfig = TrainConfig(), log=print) -
                       callbacks=[lgb.record_evaluation(rec)])
         curves.append(np.asarray(rec["test"]["binary_logloss"]))
         boosters.append(b)
+        log(f"CV fold {k + 1}/{len(splits)}: {len(tr)} train / {len(te)} test setups, best round "
+            f"{int(np.argmin(curves[-1])) + 1} (log loss {float(np.min(curves[-1])):.5f})")
     mean_curve = np.mean(np.vstack(curves), axis=0)
     rounds = int(max(cfg.min_rounds, int(np.argmin(mean_curve)) + 1))
     oof = np.full(len(y), np.nan)
@@ -140,11 +144,6 @@ def library_versions() -> dict:
             "polars": pl.__version__, "scikit-learn": sklearn.__version__}
 
 
-def holdout_start_ms(frames: list[pl.DataFrame], holdout_days: float) -> int:
-    end = max(int(f["open_time"].max()) for f in frames if f.height)
-    return (end - int(holdout_days * DAY_MS)) // HOUR_MS * HOUR_MS
-
-
 def write_model(out_dir: str | Path, res: dict, meta_extra: dict, name: str = "lgbm_smc") -> tuple[Path, Path]:
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
@@ -166,48 +165,144 @@ def write_model(out_dir: str | Path, res: dict, meta_extra: dict, name: str = "l
     return txt, js
 
 
-def run_train(data: str | Path = FULL_1H, symbols: list[str] | None = None, holdout_days: float = 120,
-              holdout_data: str | Path | None = WIDE_1H, seed: int = 7, out: str | Path = "models",
-              label_cfg: LabelConfig = LabelConfig(), warmup: int = DEFAULT_WARMUP, n_splits: int = 5,
-              embargo_hours: int = 24, max_rounds: int = 300, log=print) -> dict:
+def code_version() -> dict:
+    """sha256 of the code a model depends on (features, labels, exits, costs, sizing, training): equal code
+    -> equal hash, so the metadata stays byte-identical across commits that do not touch it."""
+    files = sorted([*(REPO / "processors" / "smc").glob("*.py"), *(REPO / "models").glob("*.py"),
+                    REPO / "executor" / "exits.py", REPO / "executor" / "risk.py", REPO / "executor" / "strategy.py",
+                    REPO / "executor" / "brokers" / "paper.py", REPO / "executor" / "instruments.py"])
+    h = hashlib.sha256()
+    for f in files:
+        h.update(str(f.relative_to(REPO)).encode() + b"\0" + f.read_bytes())
+    return {"sha256": h.hexdigest(), "files": [str(f.relative_to(REPO)) for f in files]}
+
+
+def market_of(paths, interval: str) -> str:
+    """What the metadata may claim about the data: USD-M perps only for the recorded perps files."""
+    if all(Path(p).name.startswith("perps_") for p in paths):
+        return f"Binance USD-M perpetual futures (USDT-margined), real {interval} klines (ingest/recorded/SOURCES.md)"
+    return "unverified market: " + ", ".join(Path(p).name for p in paths) + " (not the recorded USD-M perps files)"
+
+
+def period_of(path: str | Path) -> str:
+    stem = Path(path).stem
+    return stem.rsplit("_", 1)[-1]
+
+
+def funding_for(paths) -> tuple[RecordedFunding, list[Path]]:
+    """The real funding settlements recorded next to each kline file (perps_1m_<period> -> funding_<period>)."""
+    files = [RECORDED / f"funding_{period_of(p)}.parquet" for p in paths]
+    missing = [str(f) for f in files if not f.exists()]
+    if missing:
+        raise FileNotFoundError(f"no recorded funding for {missing}: real funding is part of the label")
+    return RecordedFunding.from_files(files), files
+
+
+def build_periods(paths, interval: str, label_cfg: LabelConfig, warmup: int, funding, log=print,
+                  symbols: list[str] | None = None) -> pl.DataFrame:
+    """One dataset per file (a period: series never run across files), concatenated, sorted by (t0, symbol)."""
+    cfg = smc_config(interval_ms_of(interval), 5)
+    parts = []
+    for p in paths:
+        t = time.perf_counter()
+        log(f"building setups of {Path(p).name} ({interval}, HTF {cfg.htf_factor * cfg.interval_ms // 60_000} min)")
+        ds = build_dataset(load_klines(p, symbols), cfg, label_cfg, warmup, source=Path(p).name, funding=funding,
+                           log=log)
+        log(f"  -> {ds.height} setups in {time.perf_counter() - t:.1f} s")
+        parts.append(ds)
+    return pl.concat(parts).sort(["t0", "symbol"])
+
+
+def subsample(ds: pl.DataFrame, max_setups: int, seed: int) -> pl.DataFrame:
+    """A seeded uniform subsample of at most `max_setups` rows (0 = all), kept in time order."""
+    if not max_setups or ds.height <= max_setups:
+        return ds
+    keep = np.sort(np.random.default_rng(seed).choice(ds.height, size=max_setups, replace=False))
+    return ds[keep.tolist()]
+
+
+def run_train(train_files=DEFAULT_TRAIN, oos_files=DEFAULT_OOS, interval: str = "1m", seed: int = 7,
+              out: str | Path = "models", label_cfg: LabelConfig = LabelConfig(), warmup: int = DEFAULT_WARMUP,
+              n_splits: int = 5, embargo_hours: float = 6, max_rounds: int = 300, max_setups: int = 0,
+              symbols: list[str] | None = None, baseline_seeds: int = 20, report_dir: str | Path | None = "reports/model",
+              log=print) -> dict:
+    """Train on `train_files`, choose rounds and calibration by purged CV inside them only, then report
+    out-of-sample on `oos_files` (never seen by any choice) and write <out>/lgbm_smc.{txt,json}."""
+    from .evaluate import evaluate_sets, oos_sets, summary_text, write_report
     t_start = time.perf_counter()
-    kl = load_klines(data, symbols)
-    frames = [kl] + ([load_klines(holdout_data)] if holdout_data else [])
-    hs = holdout_start_ms(frames, holdout_days)
-    cfg = smc_config()
-    ds = build_dataset(kl, cfg, label_cfg, warmup, source=Path(data).name)
-    train_ds = ds.filter(pl.col("t1") < hs)
-    log(f"dataset: {ds.height} setups, {train_ds.height} before the holdout start "
-        f"({time.strftime('%Y-%m-%d %H:%M', time.gmtime(hs / 1000))} UTC); base rate {train_ds['label'].mean():.4f}")
-    tcfg = TrainConfig(seed=seed, n_splits=n_splits, embargo_ms=embargo_hours * HOUR_MS, max_rounds=max_rounds)
+    train_files, oos_files = [Path(p) for p in train_files], [Path(p) for p in oos_files]
+    both = sorted({p.resolve() for p in train_files} & {p.resolve() for p in oos_files})
+    if both:
+        raise ValueError(f"out-of-sample file(s) {[str(b) for b in both]} are also training files")
+    funding, funding_files = funding_for(train_files + oos_files)
+    train_all = build_periods(train_files, interval, label_cfg, warmup, funding, log, symbols)
+    train_ds = subsample(train_all, max_setups, seed)
+    log(f"training set: {train_ds.height} setups (of {train_all.height}{', seeded subsample' if train_ds.height < train_all.height else ''}), "
+        f"{train_ds['symbol'].n_unique()} symbols, base rate {train_ds['label'].mean():.4f}, mean R {train_ds['r'].mean():+.4f}")
+    tcfg = TrainConfig(seed=seed, n_splits=n_splits, embargo_ms=int(embargo_hours * HOUR_MS), max_rounds=max_rounds)
     res = train_model(train_ds, tcfg, log=log)
+    cfg = smc_config(interval_ms_of(interval), 5)
+    files = {"train": [_file_entry(p) for p in train_files], "out_of_sample": [_file_entry(p) for p in oos_files],
+             "funding": [_file_entry(p) for p in funding_files]}
     meta = {
+        "market": market_of(train_files + oos_files, interval),
+        "interval": interval, "htf": f"{cfg.htf_factor * cfg.interval_ms // 60_000}m",
         "training": {
-            "data": {"file": Path(data).name, "sha256": file_sha256(data),
-                     "holdout_file": Path(holdout_data).name if holdout_data else None,
-                     "holdout_sha256": file_sha256(holdout_data) if holdout_data else None},
-            "symbols": sorted(train_ds["symbol"].unique().to_list()),
-            "window": {"from_ms": int(train_ds["t0"].min()), "to_ms": int(train_ds["t1"].max()),
-                       "from": _iso(int(train_ds["t0"].min())), "to": _iso(int(train_ds["t1"].max()))},
-            "holdout_start_ms": hs, "holdout_start": _iso(hs), "holdout_days": holdout_days,
-            "n_samples": train_ds.height, "base_rate": float(train_ds["label"].mean()),
-            "mean_r": float(train_ds["r"].mean()), "seed": seed,
+            "data": files, "symbols": sorted(train_ds["symbol"].unique().to_list()),
+            "window": {"from": _iso(int(train_ds["t0"].min())), "to": _iso(int(train_ds["t1"].max())),
+                       "from_ms": int(train_ds["t0"].min()), "to_ms": int(train_ds["t1"].max())},
+            "n_samples": train_ds.height, "n_setups_before_subsample": train_all.height, "max_setups": max_setups,
+            "base_rate": float(train_ds["label"].mean()), "mean_r": float(train_ds["r"].mean()), "seed": seed,
             "smc_config": cfg.to_dict(), "warmup_bars": warmup,
             "candidates": "bars whose setup side is long or short (flat bars are never traded and not labelled)",
+            "selection": "rounds = argmin of the mean out-of-fold log loss of the purged CV inside the training "
+                         "periods; isotonic calibration fitted on those out-of-fold predictions; the "
+                         "out-of-sample period is used for nothing but the report",
         },
-        "label": {"rule": label_cfg.describe(), **label_cfg.to_dict()},
-        "reproduce": (f"python -m models train --data {_rel(data)} --holdout-data {_rel(holdout_data)} "
-                      f"--holdout-days {holdout_days:g} --seed {seed} --out {_rel(out)}"
-                      + (f" --symbols {','.join(symbols)}" if symbols else "")),
+        "label": {"rule": label_cfg.describe(), **label_cfg.to_dict(),
+                  "funding": "real settlements (RecordedFunding) from " + ", ".join(f.name for f in funding_files)},
+        "code_version": code_version(),
+        "reproduce": _reproduce(train_files, oos_files, interval, seed, out, max_setups, symbols, embargo_hours),
     }
     txt, js = write_model(out, res, meta)
+    log(f"wrote {txt} ({txt.stat().st_size / 1024:.0f} KiB, {res['booster'].num_trees()} trees) and {js}; "
+        f"version lgbm-{res['content_hash'][:8]}")
+    # out-of-sample report, through the production scorer
+    from processors.scoring import LightGBMScorer
+    scorer = LightGBMScorer(txt)
+    sets, bars, _ = oos_sets(scorer.meta, funding=funding, log=log)
+    oos = evaluate_sets(scorer, sets, float(train_ds["label"].mean()), bars=bars, label_cfg=label_cfg,
+                        funding=funding, baseline_seeds=baseline_seeds, log=log)
+    from .evaluate import _clean
+    meta_oos = _clean(oos)
+    meta["out_of_sample"] = meta_oos
+    write_model(out, res, meta)                      # the same model text; the metadata gains the OOS report
+    if report_dir:
+        page = write_report(oos, json.loads(js.read_text()), report_dir)
+        log(f"report: {page}")
+    log(summary_text(oos, json.loads(js.read_text())))
     res["train_seconds"] = time.perf_counter() - t_start
     res["paths"] = (txt, js)
-    res["dataset"] = ds
-    res["holdout_start_ms"] = hs
-    log(f"wrote {txt} ({txt.stat().st_size / 1024:.0f} KiB, {res['booster'].num_trees()} trees) and {js}; "
-        f"version lgbm-{res['content_hash'][:8]}; {res['train_seconds']:.1f} s")
+    res["dataset"] = train_ds
+    res["oos"] = oos
+    log(f"done in {res['train_seconds']:.1f} s")
     return res
+
+
+def _file_entry(p: Path) -> dict:
+    return {"file": _rel(p), "sha256": file_sha256(p)}
+
+
+def _reproduce(train_files, oos_files, interval, seed, out, max_setups, symbols, embargo_hours) -> str:
+    cmd = (f"python -m models train --interval {interval} --data {','.join(_rel(p) for p in train_files)} "
+           f"--oos-data {','.join(_rel(p) for p in oos_files)} --seed {seed} --out {_rel(out)}")
+    if max_setups:
+        cmd += f" --max-setups {max_setups}"
+    if embargo_hours != 6:
+        cmd += f" --embargo-hours {embargo_hours:g}"
+    if symbols:
+        cmd += f" --symbols {','.join(symbols)}"
+    return cmd
 
 
 def _iso(ms: int) -> str:

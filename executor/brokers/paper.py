@@ -31,6 +31,17 @@ class PaperConfig:
         return int(self.funding_interval_h.get(symbol, self.default_funding_h))
 
 
+def slipped_price(order_side: str, price: float, slippage_bps: float) -> float:
+    """The fill price of a paper MARKET / triggered order: `slippage_bps` against us (BUY pays more)."""
+    slip = slippage_bps / 10_000.0
+    return price * (1.0 + slip) if order_side == "BUY" else price * (1.0 - slip)
+
+
+def taker_fee(price: float, qty: float, fee_rate: float) -> float:
+    """The fee of a taker fill (quote currency)."""
+    return price * qty * fee_rate
+
+
 class PaperBroker(Broker):
     name = "paper"
 
@@ -56,12 +67,11 @@ class PaperBroker(Broker):
         return []
 
     def _price(self, side: str, price: float) -> float:
-        slip = self.cfg.slippage_bps / 10_000.0
-        return price * (1.0 + slip) if side == "BUY" else price * (1.0 - slip)
+        return slipped_price(side, price, self.cfg.slippage_bps)
 
     def _fill(self, order: Order, raw_price: float, ts: int, trigger: str = "") -> list:
         price = self._price(order.side, raw_price)
-        fee = price * order.qty * self.cfg.taker_fee
+        fee = taker_fee(price, order.qty, self.cfg.taker_fee)
         return [OrderUpdate(order.client_order_id, "FILLED", ts),
                 FillEvent(order.client_order_id, order.qty, price, fee, ts, "taker", trigger)]
 

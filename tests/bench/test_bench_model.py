@@ -1,7 +1,7 @@
 """Confidence-model benchmarks (prints only; nothing about speed is asserted).
 
 Run: pytest -m bench -s tests/bench/test_bench_model.py
-* training time of `python -m models train` on the shipped data (dataset build + purged CV + final fit);
+* training time of `python -m models train` on the shipped 1m perps (setups + purged CV + final fit + OOS report);
 * LightGBMScorer per-row cost: one call per row vs one call per batch of 300 / 3000 rows, as ratios
   measured in the same run (the processors score one batch of bars per Kafka batch);
 * optional compiled path (lleaves, if importable) on the same rows.
@@ -14,7 +14,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from models.dataset import FULL_1H, load_klines, smc_config, symbol_features
+from models.dataset import PERPS_1M, load_klines, smc_config, symbol_features
 from processors.scoring import LightGBMScorer
 from processors.smc import FEATURE_NAMES
 
@@ -23,8 +23,8 @@ MODEL = REPO / "models" / "lgbm_smc.txt"
 
 
 def _rows(n: int) -> np.ndarray:
-    kl = load_klines(FULL_1H, ["BTCUSDT"]).head(n + 200)
-    return np.ascontiguousarray(symbol_features(kl, smc_config()).select(FEATURE_NAMES).to_numpy()[200:200 + n])
+    kl = load_klines(PERPS_1M["2025-05"], ["BTCUSDT"]).head(n + 200)
+    return np.ascontiguousarray(symbol_features(kl, smc_config(60_000, 5)).select(FEATURE_NAMES).to_numpy()[200:200 + n])
 
 
 def _per_row(fn, X: np.ndarray, batch: int, repeat: int = 3) -> float:
@@ -42,9 +42,9 @@ def _per_row(fn, X: np.ndarray, batch: int, repeat: int = 3) -> float:
 def test_bench_training_time(tmp_path):
     from models.train import run_train
     t = time.perf_counter()
-    res = run_train(out=tmp_path, log=lambda *_: None)
+    res = run_train(out=tmp_path, report_dir=None, log=lambda *_: None)
     dt = time.perf_counter() - t
-    print(f"\ntraining on the shipped data (8 majors, {res['dataset'].height} setups, "
+    print(f"\ntraining on the shipped USD-M 1m perps (2023-07 + 2025-02, {res['dataset'].height} setups, "
           f"{res['booster'].num_trees()} trees): {dt:.1f} s wall; model hash {res['content_hash'][:8]}")
 
 

@@ -1,18 +1,24 @@
-"""Shared, session-cached slices of the recorded data for the model tests (kept small: < 60 s in all)."""
+"""Shared, session-cached slices of the recorded USD-M 1m perps for the model tests (kept small)."""
 from __future__ import annotations
 
 import polars as pl
 import pytest
 
-from models.dataset import FULL_1H, build_dataset, load_klines, smc_config
+from models.dataset import PERPS_1M, build_dataset, load_klines, smc_config
+from models.labels import LabelConfig
+from models.train import funding_for
+
+MIN = 60_000
 
 
 @pytest.fixture(scope="session")
 def majors_klines() -> pl.DataFrame:
-    return load_klines(FULL_1H, ["BTCUSDT", "ETHUSDT", "SOLUSDT"])
+    """ETH, SOL, XRP 1m perps, 2025-02 (30 days)."""
+    return load_klines(PERPS_1M["2025-02"], ["ETHUSDT", "SOLUSDT", "XRPUSDT"])
 
 
 @pytest.fixture(scope="session")
 def small_dataset(majors_klines) -> pl.DataFrame:
-    """Labelled setups of 3 majors over ~4 years (~9k rows)."""
-    return build_dataset(majors_klines, smc_config(), source="test")
+    """Labelled setups of 3 perps over 30 days of 1m bars (~11k rows), real funding."""
+    funding, _ = funding_for([PERPS_1M["2025-02"]])
+    return build_dataset(majors_klines, smc_config(MIN, 5), LabelConfig(), source="test", funding=funding)

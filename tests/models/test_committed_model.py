@@ -8,14 +8,14 @@ import numpy as np
 import polars as pl
 import pytest
 
-from models.dataset import REPO, WIDE_1H, load_klines, smc_config, symbol_features
+from models.dataset import PERPS_1M, REPO, load_klines, smc_config, symbol_features
 from processors.core import KlineProcessor, MemoryTables
 from processors.scoring import LightGBMScorer
 from processors.smc import FEATURE_NAMES
 from schemas import Kline, decode_signal, encode_kline
 
 MODEL = REPO / "models" / "lgbm_smc.txt"
-H = 3_600_000
+MIN = 60_000
 
 
 @pytest.fixture(scope="module")
@@ -32,25 +32,35 @@ def test_metadata(scorer):
     x, y = np.array(meta["calibration"]["x"]), np.array(meta["calibration"]["y"])
     assert np.all(np.diff(x) >= 0) and np.all(np.diff(y) >= 0) and 0 <= y.min() and y.max() <= 1
     tr = meta["training"]
-    assert tr["window"]["to_ms"] < tr["holdout_start_ms"]          # nothing of the holdout was trained on
-    for k in ("label", "cv", "libraries", "reproduce", "params"):
+    assert meta["interval"] == "1m" and meta["htf"] == "5m" and "USD-M" in meta["market"]
+    assert tr["smc_config"]["interval_ms"] == MIN and tr["smc_config"]["htf_factor"] == 5
+    # the data it names are the repo's files, byte for byte; nothing out-of-sample was trained on
+    for d in tr["data"]["train"] + tr["data"]["out_of_sample"] + tr["data"]["funding"]:
+        assert hashlib.sha256((REPO / d["file"]).read_bytes()).hexdigest() == d["sha256"], d["file"]
+    train_files = {d["file"] for d in tr["data"]["train"]}
+    assert not train_files & {d["file"] for d in tr["data"]["out_of_sample"]}
+    assert "perps_1m_2025-05" in str(tr["data"]["out_of_sample"]) and "perps_1m_2025-05" not in str(train_files)
+    oos = meta["out_of_sample"]["oos_perps_1m_2025-05"]
+    assert oos["n"] > 10_000 and 0 < oos["model"]["auc"] < 1 and "all_setups_baselines" in oos
+    assert oos["all_setups_baselines"]["random"]["seeds"] >= 20
+    for k in ("label", "cv", "libraries", "reproduce", "params", "code_version"):
         assert k in meta
 
 
 def test_batch_and_streaming_scores_are_identical(scorer):
-    kl = load_klines(WIDE_1H, ["BTCUSDT", "DOGEUSDT"]).group_by("symbol", maintain_order=True).head(300)
-    cfg = smc_config()
+    kl = load_klines(PERPS_1M["2025-05"], ["BTCUSDT", "DOGEUSDT"]).group_by("symbol", maintain_order=True).head(300)
+    cfg = smc_config(MIN, 5)
     want = {}
     for (sym,), bars in kl.group_by(["symbol"], maintain_order=True):
         f = symbol_features(bars, cfg)
         conf = scorer.score(f.select(FEATURE_NAMES).to_numpy())
         want.update({(sym, t): c for t, c in zip(f["open_time"].to_list(), conf)})
-    proc = KlineProcessor(scorer, "test", interval="1h", htf_factor=5)
+    proc = KlineProcessor(scorer, "test", interval="1m", htf_factor=5)
     tables = MemoryTables()
     got = {}
     rows = kl.sort(["open_time", "symbol"]).iter_rows(named=True)
-    recs = [(r["symbol"].encode(), encode_kline(Kline(symbol=r["symbol"], interval="1h", open_time=r["open_time"],
-                                                       close_time=r["open_time"] + H - 1, open=r["open"],
+    recs = [(r["symbol"].encode(), encode_kline(Kline(symbol=r["symbol"], interval="1m", open_time=r["open_time"],
+                                                       close_time=r["open_time"] + MIN - 1, open=r["open"],
                                                        high=r["high"], low=r["low"], close=r["close"],
                                                        volume=r["volume"], source="replay")))
             for r in rows]
@@ -60,7 +70,7 @@ def test_batch_and_streaming_scores_are_identical(scorer):
         tables.apply(res)
         for _, raw in res.signals:
             s = decode_signal(raw)
-            if s.timeframe == "1h":
+            if s.timeframe == "1m":
                 assert s.model_version == scorer.version
                 got[(s.symbol, s.open_time)] = s.confidence
     assert len(got) == len(want) == 600

@@ -1,80 +1,144 @@
-"""Triple-barrier labels: entry at the next open, stop first when both are in one bar, fees, time-out."""
+"""Labels = the executor's realised outcome: the same real USD-M 1m bars are run through the paper
+Engine (executor.engine + PaperBroker) and through models.labels.simulate_trades, setup by setup."""
 from __future__ import annotations
 
+import dataclasses
+
 import numpy as np
+import polars as pl
 import pytest
 
-from models.labels import LabelConfig, intrabar, label_candidates
+from executor.brokers.paper import PaperBroker, PaperConfig
+from executor.config import ExecutorConfig
+from executor.engine import Engine
+from executor.instruments import InstrumentBook
+from models.dataset import PERPS_1M, load_klines, smc_config, symbol_features, tick_of
+from models.labels import REASONS, ConstantFunding, LabelConfig, RecordedFunding, simulate_trades
+from processors.smc import FEATURE_NAMES
+from schemas.signal import Signal, make_signal_id
+from schemas.trading import Position
 
-H = 3_600_000
-
-
-def _series(rows):
-    a = np.array(rows, dtype=np.float64)
-    t = np.arange(len(a), dtype=np.int64) * H
-    return t, a[:, 0], a[:, 1], a[:, 2]
-
-
-def _label(rows, side, entry, stop, target, cfg=LabelConfig(horizon=3, taker_fee=0.0, slippage_bps=0.0), i=0):
-    t, o, h, lo = _series(rows)
-    return label_candidates(np.array([i]), np.array([side]), np.array([entry]), np.array([stop]), np.array([target]),
-                            t, o, h, lo, H, cfg)
+MIN = 60_000
 
 
-FLAT = (100.0, 100.5, 99.5)
+@pytest.fixture(scope="module")
+def frames():
+    kl = load_klines(PERPS_1M["2025-05"], ["BTCUSDT", "XRPUSDT"]).filter(
+        pl.col("open_time") < pl.col("open_time").min() + 4 * 86_400_000)
+    cfg = smc_config(MIN, 5)
+    return {sym: symbol_features(bars, cfg) for (sym,), bars in kl.group_by(["symbol"], maintain_order=True)}
 
 
-def test_target_first_is_a_win_from_next_open():
-    # bar 0 = signal bar; bar 1 opens 100 (fill), bar 2 reaches the target 104
-    lab = _label([FLAT, (100, 101, 99), (101, 104.5, 100.5), FLAT, FLAT, FLAT], 1, 100, 98, 104)
-    assert lab["valid"][0] and lab["reason"][0] == 1 and lab["label"][0] == 1
-    assert lab["fill"][0] == 100 and lab["exit_price"][0] == 104
-    assert lab["t1"][0] == 2 * H + H - 1 and lab["bars_held"][0] == 2
-    assert lab["r"][0] == pytest.approx(2.0)
+def _signal(sym: str, f: dict, side: str = "flat", conf: float = 0.0) -> Signal:
+    return Signal(signal_id=make_signal_id(sym, "1m", f["open_time"], "labels-test"), strategy_version="labels-test",
+                  symbol=sym, timeframe="1m", open_time=f["open_time"], close_time=f["open_time"] + MIN - 1,
+                  open=f["open"], high=f["high"], low=f["low"], close=f["close"], volume=f["volume"],
+                  atr=f["atr"] or 1.0, features=[0.0] * len(FEATURE_NAMES), confidence=conf, side=side,
+                  entry=f["setup_entry"] if side != "flat" else 0.0, stop=f["setup_stop"] if side != "flat" else 0.0,
+                  target=f["setup_target"] if side != "flat" else 0.0)
 
 
-def test_both_levels_in_one_bar_counts_the_stop():
-    lab = _label([FLAT, (100, 105, 97), FLAT, FLAT, FLAT, FLAT], 1, 100, 98, 104)
-    assert lab["reason"][0] == -1 and lab["label"][0] == 0 and lab["exit_price"][0] == 98
+def _engine_trade(sym: str, rows: list[dict], i: int, cfg: ExecutorConfig) -> tuple[Position, float]:
+    """Run one setup through a fresh paper engine; -> (closed Position record, |entry - stop| sized on)."""
+    eng = Engine(cfg, PaperBroker(cfg.paper), InstrumentBook.default())
+    eng.process(_signal(sym, rows[i], rows[i]["setup_side"], 0.9))
+    pos = next(iter(eng.portfolio.positions.values()))
+    risk = abs(pos.stop - float(_rounded_entry(sym, rows[i])))
+    for j in range(i + 1, len(rows)):
+        for rec in eng.process(_signal(sym, rows[j])):
+            if isinstance(rec, Position) and rec.status == "closed":
+                return rec, risk
+    raise AssertionError("the engine's position never closed")
 
 
-def test_gap_through_stop_fills_at_open_short():
-    # short: fill at 100; bar 2 opens above the stop (103) -> exit at the open 104
-    lab = _label([FLAT, (100, 100.5, 99.5), (104, 105, 103.5), FLAT, FLAT, FLAT], -1, 100, 103, 94)
-    assert lab["reason"][0] == -1 and lab["exit_price"][0] == 104 and lab["r"][0] == pytest.approx(-4 / 3)
+def _rounded_entry(sym: str, row: dict) -> float:
+    from executor.risk import round_prices
+    return round_prices(row["setup_side"], row["setup_entry"], row["setup_stop"], row["setup_target"],
+                        tick_of(sym, row["close"]))[0]
 
 
-def test_timeout_exits_at_following_open_and_fees_decide_the_label():
-    rows = [FLAT, (100, 100.5, 99.5), (100, 100.5, 99.5), (100, 100.5, 99.5), (100.05, 100.1, 100), FLAT]
-    no_fee = _label(rows, 1, 100, 98, 104)
-    assert no_fee["reason"][0] == 0 and no_fee["exit_price"][0] == 100.05 and no_fee["label"][0] == 1
-    assert no_fee["t1"][0] == 4 * H
-    fees = _label(rows, 1, 100, 98, 104, LabelConfig(horizon=3, taker_fee=0.0005, slippage_bps=1.0))
-    assert fees["pnl"][0] < 0 and fees["label"][0] == 0        # +0.05 % gross is eaten by 0.1 % fees + 2 bps
+def _label(sym: str, frame: pl.DataFrame, idx: np.ndarray, cfg: LabelConfig, funding=None) -> dict:
+    side = np.where(frame["setup_side"].to_numpy()[idx] == "long", 1, -1)
+    return simulate_trades(sym, idx, side, frame["setup_entry"].to_numpy()[idx], frame["setup_stop"].to_numpy()[idx],
+                           frame["setup_target"].to_numpy()[idx], frame["open_time"].to_numpy(),
+                           frame["open"].to_numpy(), frame["high"].to_numpy(), frame["low"].to_numpy(),
+                           frame["close"].to_numpy(), MIN, tick_of(sym, float(frame["close"][-1])), cfg, funding)
 
 
-def test_incomplete_horizon_and_degenerate_setups_are_dropped():
-    rows = [FLAT] * 4
-    assert not _label(rows, 1, 100, 98, 104)["valid"][0]                    # needs bars 1..3 and the exit open at 4
-    assert not _label([FLAT] * 6, 1, 100, 100, 100)["valid"][0]           # zero risk
+def _pick(frame: pl.DataFrame, n: int, seed: int) -> np.ndarray:
+    idx = np.flatnonzero((frame["setup_side"].to_numpy() != "flat") & (np.arange(frame.height) >= 100)
+                         & (np.arange(frame.height) < frame.height - 200))
+    return np.sort(np.random.default_rng(seed).choice(idx, size=min(n, len(idx)), replace=False))
 
 
-def test_label_window_starts_after_the_signal_bar(small_dataset):
-    ds = small_dataset
-    assert (ds["t1"] > ds["t0"] + H - 1).all()                           # nothing before the next bar's open
-    assert set(ds["label"].unique().to_list()) <= {0, 1}
-    assert ((ds["pnl"] > 0).cast(int) == ds["label"].cast(int)).all()
+@pytest.mark.parametrize("funding_rate", [0.0001, 0.003])   # the default, and one large enough to matter
+def test_labels_equal_the_engines_realised_trades(frames, funding_rate):
+    ecfg = ExecutorConfig(paper=PaperConfig(funding_rate=funding_rate, funding_interval_h={"XRPUSDT": 4}))
+    lcfg = LabelConfig(exits=ecfg.exits, paper=ecfg.paper)
+    seen = set()
+    funded = 0
+    for k, (sym, frame) in enumerate(sorted(frames.items())):
+        idx = _pick(frame, 40, seed=k)
+        lab = _label(sym, frame, idx, lcfg)
+        rows = frame.to_dicts()
+        assert lab["valid"].all()
+        for n, i in enumerate(idx.tolist()):
+            rec, risk = _engine_trade(sym, rows, i, ecfg)
+            assert rec.exit_reason == REASONS[lab["reason"][n]], (sym, i)
+            assert rec.closed_at == lab["t1"][n] and rec.opened_at == rows[i + 1]["open_time"]
+            assert rec.entry_price == pytest.approx(lab["fill"][n], rel=1e-12)
+            assert rec.exit_price == pytest.approx(lab["exit_price"][n], rel=1e-12)
+            assert rec.funding / rec.qty == pytest.approx(lab["funding"][n], rel=1e-9, abs=1e-12)
+            assert rec.fees / rec.qty == pytest.approx(lab["fees"][n], rel=1e-9)
+            assert rec.realized_pnl / rec.qty == pytest.approx(lab["pnl"][n], rel=1e-9, abs=1e-12)
+            assert rec.realized_pnl / (rec.qty * risk) == pytest.approx(lab["r"][n], rel=1e-9, abs=1e-12)
+            assert lab["label"][n] == int(rec.realized_pnl > 0)
+            seen.add(rec.exit_reason)
+            funded += rec.funding != 0
+    assert {"stop", "target", "stagnation"} <= seen        # the exits that occur on 1m all compared
+    assert funded >= 3                                      # settlements crossed (8 h and 4 h grids)
 
 
-def test_intrabar_matches_the_executor_rule():
-    exits = pytest.importorskip("executor.exits")
-    rng = np.random.default_rng(0)
-    for _ in range(2000):
-        o, a, b = rng.uniform(95, 105, 3)
-        h, lo = max(o, a, b), min(o, a, b)
-        for side in ("long", "short"):
-            s = 1 if side == "long" else -1
-            stop, tgt = (98.0, 104.0) if s > 0 else (102.0, 96.0)
-            ref = exits.intrabar_exit(side, stop, tgt, o, h, lo)
-            got = intrabar(s, stop, tgt, o, h, lo)
-            assert (ref is None and got[0] == 0) or (ref == ({-1: "stop", 1: "target"}[got[0]], got[1]))
+def test_max_hold_equals_the_engine(frames):
+    """Without stagnation every unresolved trade reaches the 2 h max hold: compare those too."""
+    ecfg = ExecutorConfig(exits=dataclasses.replace(ExecutorConfig().exits, stagnation_pct=0.0))
+    lcfg = LabelConfig(exits=ecfg.exits, paper=ecfg.paper)
+    sym, frame = "BTCUSDT", frames["BTCUSDT"]
+    idx = _pick(frame, 60, seed=3)
+    lab = _label(sym, frame, idx, lcfg)
+    rows = frame.to_dicts()
+    reasons = set()
+    for n, i in enumerate(idx.tolist()):
+        rec, _ = _engine_trade(sym, rows, i, ecfg)
+        assert (rec.exit_reason, rec.closed_at) == (REASONS[lab["reason"][n]], lab["t1"][n])
+        assert rec.realized_pnl / rec.qty == pytest.approx(lab["pnl"][n], rel=1e-9, abs=1e-12)
+        reasons.add(rec.exit_reason)
+    assert "max_hold" in reasons
+
+
+def test_a_hole_in_the_bars_or_the_data_end_drops_the_setup(frames):
+    frame = frames["BTCUSDT"]
+    idx = _pick(frame, 20, seed=5)
+    full = _label("BTCUSDT", frame, idx, LabelConfig())
+    i = int(idx[0])
+    j = int(full["exit_idx"][0])
+    holed = frame.filter(pl.arange(0, frame.height) != j)            # remove the exit bar
+    lab = _label("BTCUSDT", holed, idx[:1], LabelConfig())
+    assert not lab["valid"][0]
+    cut = frame.head(j)                                               # data ends before the exit
+    assert not _label("BTCUSDT", cut, idx[:1], LabelConfig())["valid"][0]
+    # prefix: the label only reads bars up to its exit
+    pref = _label("BTCUSDT", frame.head(j + 1), np.array([i]), LabelConfig())
+    assert pref["valid"][0] and pref["pnl"][0] == full["pnl"][0] and pref["t1"][0] == full["t1"][0]
+
+
+def test_recorded_funding_charges_real_settlements():
+    fund = RecordedFunding(
+        [pl.DataFrame({"symbol": ["XRPUSDT"] * 3, "funding_time": [1_000, 5_000, 9_000],
+                       "funding_rate": [0.001, -0.002, 0.0005], "mark_price": [1.0] * 3})])
+    assert fund.settlements("XRPUSDT", 999, 5_000) == [(1_000, 0.001), (5_000, -0.002)]
+    assert fund.settlements("XRPUSDT", 5_000, 8_999) == []
+    with pytest.raises(KeyError, match="BTCUSDT"):
+        fund.settlements("BTCUSDT", 0, 10)
+    assert ConstantFunding(PaperConfig(funding_interval_h={"A": 4})).settlements("A", -1, 8 * 3_600_000) == [
+        (0, 0.0001), (4 * 3_600_000, 0.0001), (8 * 3_600_000, 0.0001)]

@@ -29,7 +29,7 @@ def test_real_labels_beat_shuffled_on_the_same_slice(small_dataset):
 
 
 def test_features_never_use_later_bars(majors_klines):
-    cfg = smc_config()
+    cfg = smc_config(60_000, 5)
     bars = majors_klines.filter(pl.col("symbol") == "ETHUSDT").head(3000)
     full = symbol_features(bars, cfg)
     cols = ["open_time", *FEATURE_NAMES, "setup_side", "setup_entry", "setup_stop", "setup_target", "atr", "events"]
@@ -42,11 +42,12 @@ def test_features_never_use_later_bars(majors_klines):
 def test_candidate_rows_of_a_prefix_equal_the_full_run(majors_klines):
     """Builder path: the features/setup of every labelled candidate whose label is complete inside the
     prefix are identical when the bars after the cut do not exist."""
-    cfg, lab = smc_config(), LabelConfig()
+    cfg, lab = smc_config(60_000, 5), LabelConfig()
     bars = majors_klines.filter(pl.col("symbol") == "SOLUSDT").head(2500)
     full = candidates_from_frame(symbol_features(bars, cfg), "SOLUSDT", cfg, lab, 100)
     for cut in (700, 1500, 2200):
         part = candidates_from_frame(symbol_features(bars.head(cut), cfg), "SOLUSDT", cfg, lab, 100)
         assert part.height > 0
-        ref = full.filter(pl.col("bar_index") < cut - lab.horizon - 1)
+        last_close = int(bars["open_time"][cut - 1]) + 60_000 - 1
+        ref = full.filter(pl.col("t1") <= last_close)          # trades whose exit fills inside the prefix
         assert part.equals(ref), cut

@@ -65,3 +65,12 @@ def test_calibration_map_is_monotone_and_in_unit_interval(slice_ds):
     grid = np.linspace(-0.5, 1.5, 1001)
     p = apply_calibration(grid, cal)
     assert np.all(np.diff(p) >= 0) and p.min() >= 0 and p.max() <= 1
+
+
+def test_an_out_of_sample_file_that_is_also_trained_on_is_refused(tmp_path):
+    from models.dataset import PERPS_1M
+    from models.train import market_of, run_train
+    with pytest.raises(ValueError, match="also training files"):
+        run_train([PERPS_1M["2025-02"]], [PERPS_1M["2025-02"]], out=tmp_path, log=lambda *_: None)
+    assert market_of([PERPS_1M["2025-05"]], "1m").startswith("Binance USD-M perpetual futures")
+    assert market_of(["ingest/recorded/klines_1h_full.parquet"], "1h").startswith("unverified market")
