@@ -182,7 +182,8 @@ def run_in_process(settings: Settings, plan: BacktestPlan, *, sink: Callable[[st
     t = {"read_s": 0.0, "processors_s": 0.0, "executor_s": 0.0, "sink_s": 0.0}
     proc = KlineProcessor(load_scorer(settings.model_path), settings.strategy_version, settings.interval,
                           settings.htf_factor,
-                          time_limit=open_time_limit(settings.interval, settings.replay_end, lambda: int(time.time() * 1000)))
+                          time_limit=open_time_limit(settings.interval, settings.replay_end, lambda: int(time.time() * 1000)),
+                          universe=[x for x in settings.universe.split(",") if x] or None)   # as processors/app.py
     tables = MemoryTables()
     svc = ExecutorService(settings, cfg)   # builds the engine, paper broker and instruments; no Kafka until start()
     engine = svc.engine
@@ -316,7 +317,8 @@ def run_backtest_in_process(settings: Settings, plan: BacktestPlan, *, console=N
     stamp = datetime.now(timezone.utc).strftime("%Y%m%d-%H%M%S")
     ns = settings.namespace or f"bk-{stamp}"
     run_dir = Path(settings.data_dir) / "runs" / ns
-    settings = settings.with_(namespace=ns, interval=plan.interval, data_dir=str(run_dir), replay_end=plan.end)
+    settings = settings.with_(namespace=ns, interval=plan.interval, data_dir=str(run_dir), replay_end=plan.end,
+                              universe=",".join(plan.symbols))     # as infra.pipeline.run_backtest
     database = database or run_database(ns)
     result = RunResult(namespace=ns, plan=plan, database=database)
     run_dir.mkdir(parents=True, exist_ok=True)

@@ -99,7 +99,8 @@ def run_sweep(settings, plan, grid: dict | None = None, workers: int = 2, window
     global _SIGNALS
     t0 = time.monotonic()
     configs = grid_configs(grid or GRID)
-    settings = settings.with_(interval=plan.interval, replay_end=plan.end, namespace=settings.namespace or "sweep")
+    settings = settings.with_(interval=plan.interval, replay_end=plan.end, universe=",".join(plan.symbols),
+                              namespace=settings.namespace or "sweep")
     released: list = []
     run_in_process(settings, plan, engine_form=engine_form, released=released)
     _SIGNALS = released

@@ -46,7 +46,7 @@ def both(kafka_bootstrap, chdb_dsn, tmp_path_factory):
     run = run_backtest(s, plan, explicit_broker=True, report_dir=str(d / "run-report"), database=f"bteq_run_{tag}",
                        progress=False)
     ran = {t: [(m.key(), m.value()) for m in kafka_io.read_topic(s, t, timeout=120)] for t in TOPICS}
-    s_in = s.with_(interval=plan.interval, replay_end=plan.end)
+    s_in = s.with_(interval=plan.interval, replay_end=plan.end, universe=",".join(plan.symbols))   # as run_backtest
     outputs = {form: run_in_process(s_in, plan, keep=True, engine_form=form)[0] for form in ("stream", "batch")}
     bt = run_backtest_in_process(base.with_(namespace=f"bteqip-{tag}", data_dir=str(d)), plan,
                                  report_dir=str(d / "bt-report"), database=f"bteq_bt_{tag}")
