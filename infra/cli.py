@@ -50,6 +50,56 @@ def cmd_run(args) -> int:
     return 0
 
 
+# --- smc backtest (issue 16): the main job's code in one process ------------------------------------
+def cmd_backtest(args) -> int:
+    from infra.backtest import run_backtest_in_process
+    from infra.pipeline import PipelineError, plan_backtest
+    console = Console()
+    settings = load_settings(args.config)
+    if args.scorer == "heuristic":
+        settings = settings.with_(model_path="")
+    interval = _interval_of(args.files, args.interval)
+    try:
+        plan = plan_backtest(args.files or None, args.symbols.split(",") if args.symbols else None, args.start,
+                             args.end, args.days, args.top, interval)
+        console.print(f"[bold]Backtest (in process)[/] {len(plan.symbols)} symbols x {interval}, {plan.klines:,} klines; "
+                      f"scorer: {'heuristic' if not settings.model_path else settings.model_path}")
+        res = run_backtest_in_process(settings, plan, console=console, report_dir=args.report_dir,
+                                      audit=not args.no_audit, engine_form=args.engine)
+    except PipelineError as exc:
+        console.print(f"[red]error:[/] {exc}")
+        return 2
+    total = res.timings["total_s"]
+    console.print(f"backtest: {res.counts}  timings: " + ", ".join(f"{k}={v:.1f}s" for k, v in res.timings.items())
+                  + f"  ({plan.klines / max(total, 1e-9):,.0f} klines/s end to end)")
+    return 0
+def cmd_sweep(args) -> int:
+    from pathlib import Path
+    from infra.pipeline import PipelineError, plan_backtest
+    from infra.sweep import run_sweep, write_report
+    console = Console()
+    settings = load_settings(args.config).with_(model_path="" if args.scorer == "heuristic" else load_settings(args.config).model_path)
+    interval = _interval_of(args.files, args.interval)
+    try:
+        plan = plan_backtest(args.files or None, args.symbols.split(",") if args.symbols else None, args.start,
+                             args.end, args.days, args.top, interval)
+        res = run_sweep(settings, plan, workers=args.workers, windows=args.windows)
+    except PipelineError as exc:
+        console.print(f"[red]error:[/] {exc}")
+        return 2
+    out = write_report(res, plan, Path(args.report_dir or REPO_ROOT / "reports" / f"sweep-{plan.start}-{plan.end}"))
+    console.print(f"sweep: {len(res.configs)} configurations x {len(plan.symbols)} symbols, {plan.klines:,} klines, "
+                  f"{res.seconds:.0f} s; chosen {res.configs[res.chosen]} (hourly Sharpe {res.sharpes[res.chosen]:.4f}, "
+                  f"{res.trades[res.chosen]} trades)")
+    for w in res.walk_forward:
+        console.print(f"  walk-forward window {w['window']}: chosen {w['config']} IS Sharpe {w['is_sharpe']:.4f} -> "
+                      f"OOS Sharpe {w['oos_sharpe']:.4f}, OOS return {w['oos_return']:.4%}")
+    console.print(f"deflated Sharpe ratio {res.dsr:.3f}; PBO (CSCV) {res.pbo:.3f}; OOS mean hourly return "
+                  f"{res.oos_mean:.2e} (95% CI {res.oos_ci[0]:.2e} .. {res.oos_ci[1]:.2e}); report {out}/index.html")
+    return 0
+# --- end smc backtest ----------------------------------------------------------------------------------
+
+
 def cmd_query(args) -> int:
     from rich.table import Table
     from infra.clickhouse import AuditStore
@@ -147,6 +197,30 @@ def main(argv: list[str] | None = None) -> int:
     r.add_argument("--live-data", action="store_true", help="run live on Binance market data instead of recorded files")
     r.add_argument("--live", action="store_true", help="with --live-data and --broker binance: trade on the REAL exchange")
     r.set_defaults(fn=cmd_run)
+
+    bt = sub.add_parser("backtest", help="research: the main job's code (processors, executor, paper broker) in one "
+                        "process, no broker; the same records as `smc run` on the same data")
+    bt.add_argument("--files", nargs="*", help="recorded klines (Parquet/CSV); default: ingest/recorded/klines_1h.parquet")
+    bt.add_argument("--symbols", help="comma-separated symbols (default: the --top most traded)")
+    bt.add_argument("--top", type=int, default=24, help="how many symbols when --symbols is not given (default 24)")
+    bt.add_argument("--days", type=float, default=30, help="the last N days of the data (default 30)")
+    bt.add_argument("--start", help="period start (ISO date or ms)")
+    bt.add_argument("--end", help="period end, exclusive (ISO date or ms)")
+    bt.add_argument("--interval", help="bar interval of the files (default: from the file name, e.g. 1m)")
+    bt.add_argument("--scorer", choices=["model", "heuristic"], default="model")
+    bt.add_argument("--report-dir", help="where the HTML/PNG report goes (default reports/<run>)")
+    bt.add_argument("--engine", choices=["batch", "stream"], default="batch",
+                    help="SMC columns from the numba batch engine (default; clean input) or the stream processors")
+    bt.add_argument("--no-audit", action="store_true", help="count the records only: no ClickHouse, no report")
+    bt.set_defaults(fn=cmd_backtest)
+
+    sw = sub.add_parser("sweep", help="research: a grid over the executor's knobs, walk-forward, deflated Sharpe, PBO")
+    for name, kw in (("--files", dict(nargs="*")), ("--symbols", {}), ("--top", dict(type=int, default=6)),
+                     ("--days", dict(type=float, default=14)), ("--start", {}), ("--end", {}), ("--interval", {}),
+                     ("--scorer", dict(choices=["model", "heuristic"], default="heuristic")), ("--report-dir", {}),
+                     ("--workers", dict(type=int, default=2)), ("--windows", dict(type=int, default=4))):
+        sw.add_argument(name, **kw)
+    sw.set_defaults(fn=cmd_sweep)
 
     q = sub.add_parser("query", help="run SQL against the audit trail (chDB or server, from SMC_CLICKHOUSE_DSN)")
     q.add_argument("sql", help="SQL text, or - for standard input")

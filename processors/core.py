@@ -60,9 +60,12 @@ class MemoryTables:
         self.windows.update(result.windows)
 
 
-def _signal_fields(symbol: str, out, confidence: float, model_version: str, strategy_version: str) -> dict:
+def _signal_fields(symbol: str, out, confidence: float, model_version: str, strategy_version: str,
+                   events) -> dict:
     """A Signal's fields from an engine output, in Signal's field order (so dumping the dict gives the same
-    bytes as encoding the dataclass; tests/processors/test_core.py checks that on real outputs)."""
+    bytes as encoding the dataclass; tests/processors/test_core.py checks that on real outputs). events:
+    the output's events with sorted keys at every level (the batch engine's events JSON, byte for byte), as
+    a dict or an orjson.Fragment of those bytes."""
     tf = out.timeframe
     setup = out.setup
     return {
@@ -71,18 +74,20 @@ def _signal_fields(symbol: str, out, confidence: float, model_version: str, stra
         "open_time": out.open_time, "close_time": out.open_time + interval_ms(tf) - 1,
         "open": out.open, "high": out.high, "low": out.low, "close": out.close, "volume": out.volume,
         "atr": out.atr if out.atr == out.atr else 0.0,  # NaN during warm-up; JSON has no NaN
-        "events": out.events, "features": list(out.features), "confidence": round(float(confidence), 12),
+        "events": events, "features": list(out.features), "confidence": round(float(confidence), 12),
         "model_version": model_version, "side": setup.side, "entry": setup.entry, "stop": setup.stop,
         "target": setup.target, "v": SIGNAL_SCHEMA_VERSION}
 
 
 def signal_from_output(symbol: str, out, confidence: float, model_version: str, strategy_version: str) -> Signal:
-    return Signal(**_signal_fields(symbol, out, confidence, model_version, strategy_version))
+    events = orjson.loads(out.events_json()) if out.events else out.events
+    return Signal(**_signal_fields(symbol, out, confidence, model_version, strategy_version, events))
 
 
 def signal_bytes(symbol: str, out, confidence: float, model_version: str, strategy_version: str) -> bytes:
     """encode_signal(signal_from_output(...)) without the frozen dataclass in between (the hot path)."""
-    return orjson.dumps(_signal_fields(symbol, out, confidence, model_version, strategy_version))
+    events = orjson.Fragment(out.events_json()) if out.events else out.events
+    return orjson.dumps(_signal_fields(symbol, out, confidence, model_version, strategy_version, events))
 
 
 def open_time_limit(interval: str, replay_end: int, now_ms: Callable[[], int]) -> Callable[[], tuple[int, str]]:

@@ -36,22 +36,43 @@ def _spec(cls: type) -> tuple[tuple[str, Any, bool], ...]:
     return spec
 
 
+def _fast_type(hint: Any) -> type | None:
+    """The exact type a field's value has when nothing needs coercing: a scalar, a dict (objects are taken
+    as they are), a list (of floats, checked element by element); None: no fast path for the hint."""
+    if hint in _SCALARS:
+        return hint
+    origin = typing.get_origin(hint)
+    if hint is dict or origin is dict:
+        return dict
+    if (origin is list or hint is list) and typing.get_args(hint) in ((float,), ()):
+        return list if typing.get_args(hint) else None
+    return None
+
+
 def _fast_spec(cls: type) -> tuple[tuple[str, ...], tuple[type, ...]] | None:
-    """(field names, exact types) when every field is a scalar, else None (no fast path for this type)."""
+    """(field names, exact types) when every field has a fast type (scalars, objects, float arrays), else
+    None (no fast path for this type)."""
     if cls not in _FAST_SPECS:
         spec = _spec(cls)
-        _FAST_SPECS[cls] = ((tuple(n for n, _, _ in spec), tuple(h for _, h, _ in spec))
-                            if all(hint in _SCALARS for _, hint, _ in spec) else None)
+        types = tuple(_fast_type(h) for _, h, _ in spec)
+        _FAST_SPECS[cls] = (tuple(n for n, _, _ in spec), types) if None not in types else None
     return _FAST_SPECS[cls]
 
 
 def _is_exact(obj: dict, fast: tuple[tuple[str, ...], tuple[type, ...]], parsed: bool) -> bool:
     """Every field present, in declaration order, with exactly its type (no int for a float, no bool for an
-    int), and floats finite (always so when orjson parsed them: it refuses NaN and infinities)."""
+    int, only floats in a float array), and floats finite (always so when orjson parsed them: it refuses NaN
+    and infinities)."""
     names, types = fast
     if tuple(obj) != names or tuple(map(type, obj.values())) != types:
         return False
-    return parsed or all(math.isfinite(v) for v in obj.values() if type(v) is float)
+    for v in obj.values():
+        if type(v) is list and not all(type(x) is float for x in v):
+            return False
+    if parsed:
+        return True
+    return all(math.isfinite(v) for v in obj.values() if type(v) is float) and \
+        all(math.isfinite(x) for v in obj.values() if type(v) is list for x in v)
 
 
 def encode(msg: Any) -> bytes:

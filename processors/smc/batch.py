@@ -14,11 +14,10 @@ from typing import Any
 
 import numpy as np
 import polars as pl
-from numpy.lib.stride_tricks import sliding_window_view
 
 from .bars import BadBar
 from .config import SmcConfig
-from .batch_kernels import events_json, run_detectors, segment_sums
+from .batch_kernels import events_json, run_detectors, segment_sums, trailing_means
 from .core import SNAPSHOT_FIELDS
 from .engine import timeframe_label
 from .features import FEATURE_NAMES, features_vector
@@ -85,9 +84,7 @@ def _run(a: dict, cfg: SmcConfig, timeframe: str, htf_trend: np.ndarray | None):
     if n > k:
         close_k[k:] = c[: n - k]
     w = cfg.volume_window
-    vol_mean = np.cumsum(v) / np.arange(1, n + 1)
-    if n >= w:
-        vol_mean[w - 1:] = sliding_window_view(v, w).sum(axis=1) / w
+    vol_mean = trailing_means(v, w)        # features.trailing_mean's arithmetic, window by window
     ht = np.zeros(n) if htf_trend is None else htf_trend.astype(float)
     feats = features_vector(o, c, v, atr_eff, rsi, close_k, vol_mean, ht, snap_arr, cfg.grab_decay_bars)
 

@@ -14,6 +14,8 @@ NUL placeholder and appended to a float array: `events_json` formats those float
 """
 from __future__ import annotations
 
+import math
+
 import numpy as np
 import orjson
 from numba import njit
@@ -113,6 +115,33 @@ def _grow_f8(a, need):
     b = np.empty(m, dtype=np.float64)
     b[:a.shape[0]] = a
     return b
+
+
+@njit(**_NJ)
+def tanh_libm(x):
+    """math.tanh element by element: the C library's tanh, as features_scalar calls it (np.tanh uses
+    numpy's own SIMD routine, which differs in the last bit on ~30 % of real inputs)."""
+    out = np.empty(x.shape[0])
+    for i in range(x.shape[0]):
+        out[i] = math.tanh(x[i])
+    return out
+
+
+@njit(**_NJ)
+def trailing_means(v, w):
+    """For each i: the mean of v[max(0, i-w+1)..i] summed left to right from 0.0, then divided by the
+    count -- features.trailing_mean's arithmetic over every window (no sliding sum: its rounding differs)."""
+    n = v.shape[0]
+    out = np.empty(n)
+    for i in range(n):
+        s = i - w + 1
+        if s < 0:
+            s = 0
+        acc = 0.0
+        for j in range(s, i + 1):
+            acc += v[j]
+        out[i] = acc / (i + 1 - s)
+    return out
 
 
 @njit(**_NJ)

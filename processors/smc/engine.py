@@ -9,7 +9,7 @@ import orjson
 from .bars import Bar, as_bar, validate_bar
 from .config import SmcConfig
 from .core import DetectorCore
-from .features import features_scalar
+from .features import features_scalar, trailing_mean
 from .indicators import AtrState, RsiState
 from .setup import Setup
 
@@ -78,7 +78,7 @@ class SmcEngine:
         close_k = closes[0] if len(closes) == closes.maxlen else None
         vols = self.vols
         vols.append(v)
-        vol_mean = sum(vols) / len(vols)
+        vol_mean = trailing_mean(vols)
         feats = features_scalar(o, c, v, atr_eff, rsi, close_k, vol_mean, htf_trend, snap, self.cfg.grab_decay_bars)
         return BarOutput(self.timeframe, t, o, h, l, c, v,
                          float("nan") if atr is None else atr, float("nan") if rsi is None else rsi,

@@ -1,7 +1,8 @@
 """The 12 model features, one formula each, in scalar (stream) and vector (batch) form.
 
 A = max(atr_eff, 1e-12) (atr_eff: TA-Lib ATR, or the mean true range during warm-up).
-vol_ratio = volume / mean(volume of the last volume_window bars incl. this one), 0 when the mean is 0.
+vol_ratio = volume / mean(volume of the last volume_window bars incl. this one), 0 when the mean is 0
+            (mean: trailing_mean, summed left to right; tanh: the C library's, math.tanh, in both forms).
  1 market_structure      = clip(0.75 * trend + 0.25 * htf_trend, -1, 1)      trend: BOS/CHoCH state; htf_trend from closed HTF bars
  2 order_blocks_count    = min(open OBs within 3 ATR of the close, 5) / 5    in [0, 1]
  3 institutional_candle  = sign(close - open) * clip(|close - open| / A / 2, 0, 1) * clip(vol_ratio / 2, 0, 1)   in [-1, 1]
@@ -21,6 +22,7 @@ import math
 
 import numpy as np
 
+from .batch_kernels import tanh_libm
 from .heuristic import heuristic_confidence, heuristic_confidence_vector
 
 FEATURE_NAMES = (
@@ -28,6 +30,15 @@ FEATURE_NAMES = (
     "fvg_proximity", "ob_proximity", "atr_normalized_volume", "rsi_14", "momentum_atr",
     "time_to_next_level", "confidence_ensemble",
 )
+
+
+def trailing_mean(values) -> float:
+    """Mean of the volume window: summed left to right from 0.0 (not sum(), whose float algorithm changed
+    in Python 3.12), divided by the count. batch_kernels.trailing_means is this loop over every window."""
+    acc = 0.0
+    for x in values:
+        acc += x
+    return acc / len(values)
 
 
 def _clip01(x: float) -> float:
@@ -77,7 +88,7 @@ def features_vector(o, c, v, atr, rsi, close_k, vol_mean, htf_trend, snap: dict,
     opx = np.where(od < 0.0, 1.0, np.clip(od / a / 3.0, 0.0, 1.0))
     anv = np.clip(vr / 3.0, 0.0, 1.0)
     r = np.where(np.isnan(rsi), 0.5, rsi / 100.0)
-    mom = np.where(np.isnan(close_k), 0.0, np.tanh((c - np.nan_to_num(close_k)) / a))
+    mom = np.where(np.isnan(close_k), 0.0, tanh_libm((c - np.nan_to_num(close_k)) / a))   # math.tanh, as the scalar
     ttl = np.where(ld < 0.0, 1.0, np.clip(ld / a / 10.0, 0.0, 1.0))
     conf = heuristic_confidence_vector(ms, grab, fsz, opx, mom, r)
     out = np.column_stack([ms, obc, inst, grab, fsz, fpx, opx, anv, r, mom, ttl, conf])

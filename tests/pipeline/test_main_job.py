@@ -103,7 +103,7 @@ def test_topic_replay_is_identical_and_shows_a_changed_feature(two_runs, tmp_pat
         engine.features_scalar = features_scalar
     """))
     changed = replay_and_diff(src, start="2026-05-15", end="2026-05-20", into=f"{s.namespace}.r2",
-                              extra_env={"PYTHONPATH": str(patch)})
+                              extra_env={"PYTHONPATH": f"{patch}:{Path(__file__).resolve().parents[2]}"})   # this checkout, not the installed one
     assert not changed.identical
     assert not changed.missing and not changed.extra
     fields = {f for ch in changed.changes for f, _, _ in ch.fields}

@@ -15,7 +15,7 @@ from processors.app import HTF_KEEP
 from processors.batch_signals import batch_signals
 from processors.scoring import HeuristicScorer
 from processors.smc import SmcConfig
-from schemas import Kline, decode_signal, interval_ms
+from schemas import Kline, decode_signal, encode_signal, interval_ms
 
 pytestmark = [pytest.mark.kafka, pytest.mark.slow]
 
@@ -28,13 +28,10 @@ def _klines(df: pl.DataFrame, interval: str) -> list[Kline]:
             for s, t, o, h, l, c, v in df.select(["symbol", "open_time", "open", "high", "low", "close", "volume"]).iter_rows()]
 
 
-def _same(a, b) -> bool:
-    """Equal records: exact ids, events, side; floats to 1e-9 (the batch kernel's documented agreement)."""
-    if (a.signal_id, a.timeframe, a.events, a.side, a.model_version) != (b.signal_id, b.timeframe, b.events, b.side, b.model_version):
-        return False
-    fa = [a.open, a.high, a.low, a.close, a.volume, a.atr, a.confidence, a.entry, a.stop, a.target, *a.features]
-    fb = [b.open, b.high, b.low, b.close, b.volume, b.atr, b.confidence, b.entry, b.stop, b.target, *b.features]
-    return all(math.isclose(x, y, rel_tol=1e-9, abs_tol=1e-9) for x, y in zip(fa, fb))
+def _same(raw: bytes, b) -> bool:
+    """Equal records, byte for byte: the stream's message value is the batch signal's encoding (the two
+    forms share their arithmetic, so no tolerance)."""
+    return raw == encode_signal(b)
 
 
 @pytest.mark.parametrize("file,interval", [("klines_1h.parquet", "1h"), ("klines_1m_btc.parquet", "1m")])
@@ -60,13 +57,13 @@ def test_faust_signals_equal_batch_engine(settings, file, interval):
     last = {}
     for m in kafka_io.read_topic(s, "signals", timeout=300):
         sig = decode_signal(m.value())
-        got[sig.signal_id].append(sig)
+        got[sig.signal_id].append((sig, m.value()))
         k = (sig.symbol, sig.timeframe)
         order_ok &= sig.open_time > last.get(k, -1)
         last[k] = sig.open_time
     assert set(got) == set(expected), (len(set(expected) - set(got)), len(set(got) - set(expected)))
     assert all(len(v) == 1 for v in got.values()), "a signal was emitted twice"
-    bad = [sid for sid, v in got.items() if not _same(v[0], expected[sid])]
+    bad = [sid for sid, v in got.items() if not _same(v[0][1], expected[sid])]
     assert not bad, f"{len(bad)} signals differ from the batch engine, e.g. {bad[:3]}"
     assert order_ok
     assert len(expected) > (370_000 if interval == "1h" else 50_000)

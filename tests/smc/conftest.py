@@ -23,3 +23,8 @@ def klines_1h():
 @pytest.fixture(scope="session")
 def eurusd():
     return U.load_eurusd()
+
+
+@pytest.fixture(scope="session")
+def perps_1m():
+    return U.load_perps_1m()

@@ -21,6 +21,11 @@ def load_btc_1m() -> pl.DataFrame:
     return d.sort("open_time").select(COLS)
 
 
+def load_perps_1m() -> pl.DataFrame:
+    """Real Binance USD-M perpetual 1m bars, 18 symbols, 2025-05 (ingest/recorded/SOURCES.md)."""
+    return pl.read_parquet(RECORDED / "perps_1m_2025-05.parquet").sort(["symbol", "open_time"])
+
+
 def load_1h() -> pl.DataFrame:
     return pl.read_parquet(RECORDED / "klines_1h.parquet").sort(["symbol", "open_time"])
 
@@ -60,22 +65,36 @@ def run_symbol_state(d: pl.DataFrame, state):
     return base, htf
 
 
-def assert_outputs_equal_frame(outs: list, frame: pl.DataFrame, tol: float = 1e-9, what: str = "") -> None:
-    """Every BarOutput equals the batch row: events exact (JSON), floats to tol (relative for prices)."""
+def _bits(x) -> bytes:
+    """The float64 bytes of a value or array (NaN and -0.0 included: equal bytes, not equal values)."""
+    return np.asarray(x, dtype=np.float64).tobytes()
+
+
+def assert_outputs_equal_frame(outs: list, frame: pl.DataFrame, what: str = "") -> None:
+    """Every BarOutput equals the batch row byte for byte: events as exact JSON, every float by its
+    float64 bytes (the two forms share their arithmetic, so there is no tolerance to hide a difference)."""
     from processors.smc import FEATURE_NAMES
     assert len(outs) == frame.height, f"{what}: {len(outs)} outputs vs {frame.height} rows"
     ev = frame["events"].to_list()
-    feats = frame.select(list(FEATURE_NAMES)).to_numpy()
-    num = frame.select(["open_time", "atr", "rsi", "setup_entry", "setup_stop", "setup_target"]).to_numpy()
+    feats = np.ascontiguousarray(frame.select(list(FEATURE_NAMES)).to_numpy(), dtype=np.float64)
+    times = frame["open_time"].to_numpy()
+    num = np.ascontiguousarray(frame.select(["atr", "rsi", "setup_entry", "setup_stop", "setup_target"]).to_numpy(),
+                               dtype=np.float64)
     side = frame["setup_side"].to_list()
     tf = frame["timeframe"].to_list()
+    got_feats = np.array([o.features for o in outs], dtype=np.float64).reshape(-1, len(FEATURE_NAMES))
+    got_num = np.array([(o.atr, o.rsi, o.setup.entry, o.setup.stop, o.setup.target) for o in outs],
+                       dtype=np.float64).reshape(-1, 5)
+    if got_feats.tobytes() != feats.tobytes():
+        i, j = np.argwhere(got_feats.view(np.int64) != feats.view(np.int64))[0]
+        raise AssertionError(f"{what} bar {i}: feature {FEATURE_NAMES[j]} {got_feats[i, j]!r} != {feats[i, j]!r} "
+                             f"({int((got_feats.view(np.int64) != feats.view(np.int64)).any(axis=1).sum())} rows differ)")
+    if got_num.tobytes() != num.tobytes():
+        i, j = np.argwhere(got_num.view(np.int64) != num.view(np.int64))[0]
+        raise AssertionError(f"{what} bar {i}: {['atr', 'rsi', 'entry', 'stop', 'target'][j]} "
+                             f"{got_num[i, j]!r} != {num[i, j]!r}")
     for i, o in enumerate(outs):
         assert o.timeframe == tf[i], (what, i)
-        assert o.open_time == int(num[i, 0]), (what, i)
+        assert o.open_time == int(times[i]), (what, i)
         assert o.events_json().decode() == ev[i], f"{what} bar {i}: events {o.events_json()} != {ev[i]}"
-        f = np.asarray(o.features)
-        assert np.all(np.abs(f - feats[i]) <= tol), f"{what} bar {i}: features {f} != {feats[i]}"
-        for j, x in enumerate((o.atr, o.rsi, o.setup.entry, o.setup.stop, o.setup.target), start=1):
-            y = num[i, j]
-            assert (np.isnan(x) and np.isnan(y)) or abs(x - y) <= tol * max(1.0, abs(y)), (what, i, j, x, y)
         assert o.setup.side == side[i], (what, i)
