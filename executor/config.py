@@ -8,10 +8,9 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass, field
 
-import orjson
-
 from executor.brokers.paper import PaperConfig
 from executor.exits import ExitRules
+from executor.funding import FundingHistory
 from executor.strategy import StrategyConfig
 
 
@@ -21,6 +20,7 @@ class ExecutorConfig:
     strategy: StrategyConfig = field(default_factory=StrategyConfig)
     exits: ExitRules = field(default_factory=ExitRules)
     paper: PaperConfig = field(default_factory=PaperConfig)
+    funding: FundingHistory = field(default_factory=FundingHistory)   # real settlements (empty: all estimated)
     record_flat: bool = True            # a Decision(skip, flat) for every flat bar (the audit trail's "why not")
     equity_every_bar: bool = False      # an Equity record per bar, not only when the account changed
     exchange_info: str = ""             # path of an exchangeInfo JSON; "" = the bundled real USD-M snapshot
@@ -46,8 +46,15 @@ def config_from_env(start_equity: float, env: dict | None = None) -> ExecutorCon
     paper = PaperConfig(slippage_bps=float(g("SMC_EXEC_SLIPPAGE_BPS", 1.0)),
                         taker_fee=float(g("SMC_EXEC_TAKER_FEE", 0.0005)),
                         funding_rate=float(g("SMC_EXEC_FUNDING_RATE", 0.0001)),
-                        funding_interval_h=orjson.loads(g("SMC_EXEC_FUNDING_HOURS", "{}")))
-    return ExecutorConfig(start_equity=start_equity, strategy=strategy, exits=exits, paper=paper,
+                        default_funding_h=int(g("SMC_EXEC_FUNDING_HOURS", 8)))
+    # the real funding history: SMC_EXEC_FUNDING_FILES (comma-separated Parquet files, "none" = no
+    # history, every settlement estimated); default: every ingest/recorded/funding_*.parquet
+    from executor.funding_source import load_funding_history, recorded_funding_files
+    files = g("SMC_EXEC_FUNDING_FILES", "")
+    paths = [] if files.strip().lower() == "none" else \
+        ([f for f in files.split(",") if f.strip()] if files.strip() else recorded_funding_files())
+    funding = load_funding_history(paths)
+    return ExecutorConfig(start_equity=start_equity, strategy=strategy, exits=exits, paper=paper, funding=funding,
                           record_flat=g("SMC_EXEC_RECORD_FLAT", "1").lower() in ("1", "true", "yes"),
                           equity_every_bar=g("SMC_EXEC_EQUITY_EVERY_BAR", "0").lower() in ("1", "true", "yes"),
                           exchange_info=g("SMC_EXEC_EXCHANGE_INFO", ""),
