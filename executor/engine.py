@@ -145,7 +145,7 @@ class Engine:
         self.stats.decisions += 1
         out.append(Decision(signal_id=sig.signal_id, symbol=sig.symbol, ts=sig.close_time, action=d.action,
                             reason=d.reason, confidence=sig.confidence, risk_pct=d.risk_pct,
-                            qty=sz.qty if sz else 0.0, wall_ts=wall_ts))
+                            qty=sz.qty if sz else 0.0, equity=view.equity if sz else 0.0, wall_ts=wall_ts))
         if d.action != "enter":
             return
         self.stats.entries += 1

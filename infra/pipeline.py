@@ -114,7 +114,7 @@ def plan_backtest(files: list[str] | None, symbols: list[str] | None, start: str
         raise PipelineError(str(exc)) from None
     t0 = _ms(start)
     if t0 is None and days:
-        t0 = int(df["open_time"].max()) + 1 - int(days * DAY_MS)
+        t0 = int(df["close_time"].max()) + 1 - int(days * DAY_MS)    # the last `days` x 24 h of bars
     if t0 is None:
         t0 = int(df["open_time"].min())
     if not symbols and top:

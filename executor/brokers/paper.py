@@ -28,6 +28,10 @@ class PaperConfig:
     funding_rate: float = 0.0001      # estimate outside the real funding history (counted, logged)
     default_funding_h: int = 8        # interval of that estimate for a symbol without any history
 
+    def round_trip_cost(self) -> float:
+        """Cost of entering and leaving at market, as a fraction of notional: taker fee + slippage, twice."""
+        return 2.0 * (self.taker_fee + self.slippage_bps / 10_000.0)
+
 
 class PaperBroker(Broker):
     name = "paper"
