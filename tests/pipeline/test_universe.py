@@ -50,3 +50,20 @@ def test_default_plan_is_every_perp_over_the_last_days(perps):
     assert plan.end == int(perps["open_time"].max()) + 1
     assert plan.start == int(perps["close_time"].max()) + 1 - 2 * DAY_MS
     assert plan.klines == 18 * 2 * 1440
+
+
+def test_sizing_by_tier_counts_caps_and_risk_taken():
+    from infra.sizing_report import EntrySizing, sizing_by_tier
+    entries = [EntrySizing(0.005, True, 10_000.0, 10.0, 100.0, 99.5),      # capped: 10 x 0.5 = 5 = 0.05 %
+               EntrySizing(0.005, False, 10_000.0, 100.0, 100.0, 99.5),    # 100 x 0.5 = 50 = 0.5 %
+               EntrySizing(0.005, True, 10_000.0, 0.0, 0.0, 0.0),          # never filled
+               EntrySizing(0.02, True, 20_000.0, 20.0, 100.0, 99.0)]       # 20 x 1 = 20 = 0.1 %
+    rows = sizing_by_tier(entries)
+    assert [r["tier_risk_pct"] for r in rows] == [2.0, 0.5]
+    top, low = rows
+    assert (top["entries"], top["filled"], top["cap_bound"], top["cap_bound_pct"]) == (1, 1, 1, 100.0)
+    assert top["risk_taken_pct"] == pytest.approx(0.1) and top["taken_over_intended"] == pytest.approx(0.05)
+    assert (low["entries"], low["filled"], low["cap_bound"]) == (3, 2, 2)
+    assert low["cap_bound_pct"] == pytest.approx(200 / 3)
+    assert low["risk_taken_pct"] == pytest.approx((0.05 + 0.5) / 2)
+    assert sizing_by_tier([]) == []
