@@ -175,7 +175,8 @@ def main(argv: list[str] | None = None) -> int:
     t.add_argument("--start", help="first bar open time to diff (ISO or ms)")
     t.add_argument("--end", help="end of the diffed range, exclusive (ISO or ms)")
     t.add_argument("--into", help="namespace of the replay (default <source>.replay-<n>)")
-    t.add_argument("--interval", default="1h")
+    t.add_argument("--interval", default=DEFAULT_INTERVAL,
+                   help="bar interval when the run's saved settings are not found (they carry it)")
     t.set_defaults(fn=cmd_replay_topic)
 
     h = sub.add_parser("htf-bars", help="the M5 (HTF) bars a run's processors keep in their windowed table")
