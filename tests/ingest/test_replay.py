@@ -162,7 +162,9 @@ def test_replay_bad_rows_go_to_dlq(settings, tmp_path):
 @pytest.mark.kafka
 def test_replay_speed_factor_paces_by_market_time(settings):
     slept = []
-    stats = replay(settings, ADA, speed=60.0, progress=True, sleep=slept.append)
+    # a stopped clock: each delay is exactly the bar's due time, not at the mercy of a loaded machine
+    # (with the wall clock the first delay was 0.91 s instead of 1.0 under load)
+    stats = replay(settings, ADA, speed=60.0, progress=True, sleep=slept.append, clock=lambda: 0.0)
     span_s = (stats.last_open_time - stats.first_open_time) / 1000
     # the injected sleep does not sleep: each delay is the distance to the bar's due time, which grows
     # with market time / speed; the last bar is due span / speed after the first
