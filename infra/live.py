@@ -41,6 +41,7 @@ from rich.table import Table
 
 from infra import kafka_io
 from infra.settings import REPO_ROOT, Settings, to_env
+from processors.health import CATCHING_UP, OK, STALLED, UNKNOWN, ProgressWatch
 
 AUDIT_TOPICS = ("klines", "signals", "decisions", "orders", "fills", "positions", "equity", "alerts", "dlq")
 STATUS_TOPICS = ("klines", "signals", "decisions", "orders", "fills", "dlq")
@@ -175,7 +176,8 @@ def group_lag(settings: Settings, group_id: str, bases: Iterable[str], timeout: 
 class LiveSupervisor:
     def __init__(self, settings: Settings, children: Sequence[ChildSpec], console: Console, *,
                  max_restarts: int = 5, backoff_s: float = 2.0, backoff_cap_s: float = 60.0,
-                 stop_timeout: float = 30.0, drain_s: float = 20.0, stats_file: Path | None = None) -> None:
+                 stop_timeout: float = 30.0, drain_s: float = 20.0, stats_file: Path | None = None,
+                 stall_s: float = 180.0) -> None:
         self.settings = settings
         self.console = console
         self.dir = Path(settings.data_dir) / "live"
@@ -189,6 +191,8 @@ class LiveSupervisor:
         self.stop_timeout = stop_timeout
         self.drain_s = drain_s
         self.stats_file = stats_file
+        self.health = ProgressWatch(stall_s=stall_s)   # the processors worker: progress vs end offsets
+        self.health_state = (UNKNOWN, "not started")
         self.started = time.monotonic()
         self.force = threading.Event()           # a second Ctrl-C: kill, do not drain
 
@@ -205,6 +209,8 @@ class LiveSupervisor:
             if c.failed:
                 return c
             if c.alive():
+                if c.name == "processors":
+                    self._check_worker_progress(c, now)
                 continue
             if c.restart_at is None:                          # just found dead
                 code = c.proc.returncode if c.proc is not None else None
@@ -223,6 +229,29 @@ class LiveSupervisor:
                 c.start()
                 self.console.print(f"  restarted [cyan]{c.name}[/] (pid {c.pid})")
         return None
+
+    def _check_worker_progress(self, c: Child, now: float) -> None:
+        """A worker that is alive but does not progress against its input is killed, so check() restarts it
+        from the committed state (processors.health). Only its own stats file counts: a restarted worker
+        gets time to recover before its first one is written."""
+        if self.stats_file is None:
+            return
+        try:
+            age = time.time() - self.stats_file.stat().st_mtime
+        except FileNotFoundError:
+            age = None
+        if age is not None and age > now - c.started_at:
+            age = None                                   # the previous process's file
+        stats = self.worker_stats() if age is not None else None
+        if stats is None and now - c.started_at > self.health.stall_s:
+            self.health_state = (STALLED, f"no stats written {now - c.started_at:.0f} s after its start")
+        else:
+            self.health_state = self.health.verdict(stats, age, now)
+        if self.health_state[0] == STALLED:
+            self.console.print(f"[red]{c.name} is alive but stalled: {self.health_state[1]}; killing it for a "
+                               f"restart from committed state[/]")
+            c.kill()
+            self.health = ProgressWatch(stall_s=self.health.stall_s)
 
     def _drain(self, c: Child) -> None:
         """Let a consumer catch up with what its upstream produced: lag 0, or no progress for 3 s."""
@@ -280,6 +309,7 @@ class LiveSupervisor:
                                   "exit_codes": c.exit_codes, "log": str(c.log_path)} for c in self.children},
             "topics": self.counts(),
             "worker": self.worker_stats(),
+            "worker_health": {"state": self.health_state[0], "detail": self.health_state[1]},
         }
 
     def write_status(self, snap: dict) -> None:
@@ -300,7 +330,10 @@ class LiveSupervisor:
                      fmt(t.get("fills")), fmt(t.get("dlq")),
                      f"{w.get('klines', 0):,} / {w.get('signals', 0):,} / {w.get('rejects', 0):,}")
         ns = f" namespace {snap['namespace']}" if snap["namespace"] else ""
-        return Panel(Group(procs, "", flow), title=f"SMC-Quant live{ns}  up {snap['uptime_s']:.0f}s",
+        health = snap.get("worker_health") or {}
+        colour = {OK: "green", CATCHING_UP: "yellow", STALLED: "red"}.get(health.get("state"), "white")
+        worker = f"processors: [{colour}]{health.get('state', '?')}[/] ({health.get('detail', '')})"
+        return Panel(Group(procs, "", flow, worker), title=f"SMC-Quant live{ns}  up {snap['uptime_s']:.0f}s",
                      subtitle="Ctrl-C stops", expand=False)
 
 

@@ -145,9 +145,10 @@ def run_backtest(settings: Settings, plan: BacktestPlan, *, explicit_broker: boo
     stamp = datetime.now(timezone.utc).strftime("%Y%m%d-%H%M%S")
     ns = settings.namespace or f"bt-{stamp}"
     run_dir = Path(settings.data_dir) / "runs" / ns
-    # replay_end: the processors reject a kline dated past the plan's range (one bad record must not
-    # poison a symbol's state)
-    settings = settings.with_(namespace=ns, interval=plan.interval, data_dir=str(run_dir), replay_end=plan.end)
+    # replay_end / universe: the processors reject a kline dated past the plan's range or of a symbol
+    # outside it (one bad record must not poison a symbol's state, nor start a symbol nobody asked for)
+    settings = settings.with_(namespace=ns, interval=plan.interval, data_dir=str(run_dir), replay_end=plan.end,
+                              universe=",".join(plan.symbols))
     database = database or run_database(ns)
     result = RunResult(namespace=ns, plan=plan, database=database)
     t = {}

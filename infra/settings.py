@@ -23,6 +23,7 @@ class Settings:
     data_dir: str = str(REPO_ROOT / "var")      # SMC_DATA_DIR: Faust tables, broker data, reports
     interval: str = "1m"                         # SMC_INTERVAL: base kline interval
     replay_end: int = 0                          # SMC_REPLAY_END: a replay's declared end (ms, exclusive); 0 = live (wall clock bounds open_time)
+    universe: str = ""                           # SMC_UNIVERSE: comma-separated symbols the processors accept ("" = any: live, where ingest vets the exchangeInfo universe)
     htf_factor: int = 5                          # SMC_HTF_FACTOR: higher timeframe = factor x interval
     model_path: str = str(REPO_ROOT / "models" / "lgbm_smc.txt")  # SMC_MODEL_PATH ("" = heuristic)
     strategy_version: str = "smc-v1"             # SMC_STRATEGY_VERSION: part of every signal_id
@@ -33,6 +34,7 @@ class Settings:
     broker: str = "paper"                        # SMC_BROKER: paper | binance
     symbols_per_shard: int = 50                  # SMC_SYMBOLS_PER_SHARD (<= 200 streams per connection)
     equity: float = 10_000.0                     # SMC_EQUITY: paper starting equity (USDT)
+    delivery_timeout_s: float = 300.0            # SMC_DELIVERY_TIMEOUT_S: how long the processors wait out a broker outage, then exit non-zero
     api_key: str = field(default="", repr=False)      # BINANCE_API_KEY (environment only)
     api_secret: str = field(default="", repr=False)   # BINANCE_API_SECRET (environment only)
 

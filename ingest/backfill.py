@@ -52,15 +52,16 @@ class GapTracker:
     grace_ms: int = 10_000
     last: dict[str, int] = field(default_factory=dict)
 
-    def start(self, symbols, start_ms: int) -> None:
-        """Guarantee completeness from the bar opening at start_ms for these symbols."""
-        start_ms -= start_ms % self.step
-        for s in symbols:
-            self.last.setdefault(s, start_ms - self.step)
+    def last_of(self, symbol: str) -> int | None:
+        return self.last.get(symbol)
 
-    def forget(self, symbols) -> None:
-        for s in symbols:
-            self.last.pop(s, None)
+    def continue_after(self, symbol: str, open_time: int) -> None:
+        """Guarantee every bar after the one opening at open_time (set, not maxed: the caller decides)."""
+        self.last[symbol] = open_time
+
+    def retire(self, symbol: str) -> int | None:
+        """Stop tracking the symbol; its last produced bar, for when it returns."""
+        return self.last.pop(symbol, None)
 
     def on_bar(self, symbol: str, open_time: int) -> tuple[int, int] | None:
         """The gap before this arriving bar (None if contiguous or symbol not yet tracked)."""

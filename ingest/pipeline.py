@@ -72,8 +72,7 @@ class IngestCore:
     def resume(self, last_bars) -> None:
         """The newest bar of each symbol already in the klines topic: continue right after it."""
         for k in last_bars:
-            if k.open_time > self.gaps.last.get(k.symbol, -1):
-                self.gaps.last[k.symbol] = k.open_time
+            self.gaps.produced(k.symbol, k.open_time)
             self.dedupe.add(k.symbol, k.interval, k.open_time, bar_fingerprint(k))
 
     def add_symbols(self, symbols, start_ms: int | None = None, not_before_ms: int | None = None) -> dict[str, int]:
@@ -86,7 +85,7 @@ class IngestCore:
         floor = None if not_before_ms is None else -(-not_before_ms // step) * step - step
         for s in symbols:
             self.known.add(s)
-            last = self.gaps.last.get(s)
+            last = self.gaps.last_of(s)
             if last is None:
                 last = self.retired.pop(s, None)
             if last is None and start_ms is not None:
@@ -96,7 +95,7 @@ class IngestCore:
             if floor is not None and last < floor:
                 skipped[s] = (floor - last) // step
                 last = floor
-            self.gaps.last[s] = last
+            self.gaps.continue_after(s, last)
         return skipped
 
     def remove_symbols(self, symbols) -> None:
@@ -104,7 +103,7 @@ class IngestCore:
         for s in symbols:
             self.known.discard(s)
             self.pending.pop(s, None)
-            last = self.gaps.last.pop(s, None)
+            last = self.gaps.retire(s)
             if last is not None:
                 self.retired[s] = last
 
@@ -149,7 +148,8 @@ class IngestCore:
         return self._accept(k, raw)
 
     def _accept(self, k: Kline, raw) -> list[BackfillJob]:
-        verdict = self.dedupe.check(k.symbol, k.interval, k.open_time, bar_fingerprint(k))
+        fingerprint = bar_fingerprint(k)
+        verdict = self.dedupe.check(k.symbol, k.interval, k.open_time, fingerprint)
         if verdict == "duplicate":
             self.stats.duplicates += 1            # the same bar again: expected, not an error
             return []
@@ -169,12 +169,12 @@ class IngestCore:
             self.pending[k.symbol] = [k]
             self.stats.gaps += 1
             return [BackfillJob(k.symbol, gap[0], gap[1], "gap")]
-        self._produce(k)
+        self._produce(k, fingerprint)
         return []
 
-    def _produce(self, k: Kline) -> None:
+    def _produce(self, k: Kline, fingerprint=None) -> None:
         self.emit(k)
-        self.dedupe.add(k.symbol, k.interval, k.open_time, bar_fingerprint(k))
+        self.dedupe.add(k.symbol, k.interval, k.open_time, bar_fingerprint(k) if fingerprint is None else fingerprint)
         self.gaps.produced(k.symbol, k.open_time)
         self.stats.produced += 1
         if k.source == "backfill":

@@ -107,10 +107,13 @@ def expired_windows(keys: Iterable[tuple], horizon: float) -> list[tuple]:
 
 class KlineProcessor:
     def __init__(self, scorer: Scorer, strategy_version: str, interval: str = "1m", htf_factor: int = 5,
-                 config: SmcConfig | None = None, time_limit: Callable[[], tuple[int, str]] | None = None) -> None:
+                 config: SmcConfig | None = None, time_limit: Callable[[], tuple[int, str]] | None = None,
+                 universe: Iterable[str] | None = None) -> None:
         """time_limit: () -> (latest acceptable open_time in ms, what that bound is), read once per batch;
-        None accepts any time (the pure tests)."""
+        None accepts any time (the pure tests). universe: the symbols a kline may have (a replay's list);
+        None accepts any (live: ingest only publishes the vetted exchangeInfo universe)."""
         self.scorer = scorer
+        self.universe = frozenset(universe) if universe is not None else None
         self.time_limit = time_limit
         self.strategy_version = strategy_version
         self.interval = interval
@@ -167,6 +170,11 @@ class KlineProcessor:
                 # per-symbol order holds only when the key is the symbol (one partition per symbol),
                 # and the tables' changelog partitions follow it
                 result.rejects.append((f"Kline.symbol={k.symbol!r}: message key {key!r} is not the symbol", key, raw))
+                continue
+            if self.universe is not None and k.symbol not in self.universe:
+                # before the state: a symbol nobody asked for never gets one (nor signals, nor trades)
+                result.rejects.append((f"Kline.symbol={k.symbol!r}: not in the run's universe "
+                                       f"({len(self.universe)} symbols, SMC_UNIVERSE)", key, raw))
                 continue
             if k.interval != self.interval:
                 result.rejects.append((f"Kline.interval={k.interval!r}: this processor runs on {self.interval} bars", key, raw))

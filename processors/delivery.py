@@ -11,6 +11,8 @@ Java-compatible murmur2 partitioner would pick.
 from __future__ import annotations
 
 import asyncio
+import logging
+import time
 from concurrent.futures import ThreadPoolExecutor
 
 from confluent_kafka import KafkaError, Message
@@ -18,21 +20,29 @@ from confluent_kafka import KafkaError, Message
 from infra import kafka_io
 from infra.settings import Settings
 
+log = logging.getLogger("smc.processors")
+
 
 class DeliveryError(RuntimeError):
     """Records the broker did not acknowledge: the batch must not count as processed."""
 
 
 class BatchDelivery:
-    def __init__(self, settings: Settings, client_id: str, flush_timeout: float = 60.0) -> None:
+    """timeout: how long a record may wait for its acknowledgement, retried by librdkafka meanwhile
+    (message.timeout.ms): a broker outage shorter than that loses and doubles nothing (idempotent
+    producer); a longer one raises DeliveryError and the worker stops (processors.app.fail_loud)."""
+
+    def __init__(self, settings: Settings, client_id: str, timeout: float | None = None) -> None:
+        self._timeout = float(settings.delivery_timeout_s if timeout is None else timeout)
         # Reports for failed records only: a report is a Python callback that needs the GIL in the flushing
         # thread, and hundreds of them per batch queued behind the busy event loop (5 ms GIL switch interval)
         # made a 2 ms flush take ~25 ms.
         self._producer = kafka_io.producer(settings, **{"client.id": client_id, "linger.ms": 1,
-                                                        "delivery.report.only.error": True})
+                                                        "delivery.report.only.error": True,
+                                                        "message.timeout.ms": int(self._timeout * 1000)})
         self._thread = ThreadPoolExecutor(1, thread_name_prefix="smc-delivery")
         self._errors: list[str] = []
-        self._timeout = flush_timeout
+        self.waiting_since = 0.0   # monotonic start of a flush still waiting (0: none); health and logs
 
     def _on_delivery(self, err: KafkaError | None, msg: Message) -> None:
         if err is not None:   # runs in the flushing thread; read only after flush() returned
@@ -40,20 +50,39 @@ class BatchDelivery:
 
     def produce(self, topic: str, key: bytes, value: bytes, partition: int = -1) -> None:
         """partition -1: the producer's partitioner picks it from the key."""
+        start = time.monotonic()
         while True:
             try:
                 self._producer.produce(topic, value=value, key=key, partition=partition, on_delivery=self._on_delivery)
                 return
             except BufferError:          # local queue full: let librdkafka drain a little
+                if time.monotonic() - start > self._timeout:
+                    raise DeliveryError(f"the producer queue stayed full for {self._timeout:.0f} s "
+                                        f"(SMC_DELIVERY_TIMEOUT_S): the broker is not taking records") from None
                 self._producer.poll(0.05)
 
     async def flush(self) -> None:
-        """Return once every record produced so far is acknowledged; raise DeliveryError otherwise."""
+        """Return once every record produced so far is acknowledged; raise DeliveryError otherwise.
+
+        Waits out a broker outage up to the record timeout (librdkafka fails a record at its
+        message.timeout.ms; this never gives up on a record librdkafka still retries)."""
         loop = asyncio.get_running_loop()
-        left = await loop.run_in_executor(self._thread, self._producer.flush, self._timeout)
+        start = time.monotonic()
+        self.waiting_since = start
+        try:
+            while True:
+                left = await loop.run_in_executor(self._thread, self._producer.flush, 10.0)
+                waited = time.monotonic() - start
+                if not left or self._errors:
+                    break
+                if waited > self._timeout + 30:     # librdkafka should have failed them by now
+                    self._errors.append(f"{left} record(s) not acknowledged within {waited:.0f} s")
+                    break
+                log.warning("waiting for the broker: %d record(s) unacknowledged for %.0f s (gives up after %.0f s)",
+                            left, waited, self._timeout)
+        finally:
+            self.waiting_since = 0.0
         errors, self._errors = self._errors, []
-        if left:
-            errors.append(f"{left} record(s) not acknowledged within {self._timeout:.0f} s")
         if errors:
             raise DeliveryError(f"{len(errors)} record(s) not delivered, first: {errors[0]}")
 

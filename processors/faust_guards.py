@@ -14,16 +14,15 @@ A stream that takes a record fetched in an older consumer generation, or while a
 stopped the flow, skips it and ACKS it anyway "so that lag does not grow" (faust/streams.py,
 `_py_aiter`): the record never reached a processor, yet its offset counts as done and a commit can
 move past it, so it would never be fetched again.
-Still open (README, known limits): in about 1 run of 3 of the rebalance-churn test one bar in the
-middle of a symbol's series has no signal. Traced (session 4): the drain loop abandons the delivery
-of the record X it holds when a rebalance suspends the flow (`wait_first(callback(message),
-suspend_flow.wait())`), the rest of the batch it had fetched (X+1, ...) is delivered after the flow
-resumes, and X comes again only with the seek to the committed offset, after the state has moved
-past it: the processors reject X as out-of-order. Holding back records past a gap until X returns
-stopped the loss but sometimes stalled for good (X did not always come again), so it is not merged.
+What the guards cannot fix, the offset gate does (processors/offsets.py): the drain loop can abandon
+the delivery of record X when a rebalance suspends the flow (`wait_first(callback(message),
+suspend_flow.wait())`) and deliver X+1, ... after the flow resumes; X comes again only with the seek
+to the committed offset. The agent keeps, with the state, the offset each partition expects next: X+1
+never reaches the state before X (it is held back and the partition sought back to X), and a record
+the state already holds is skipped as a re-delivery.
 The guards, applied once per process by `install()` before the Faust app starts:
   1. every fetched record is delivered: the read-offset filter is off (re-delivery is safe here: the
-     processors reject an already-processed bar as a duplicate, the state never rewinds). The filter's
+     offset gate skips a record the state already holds, the state never rewinds). The filter's
      other use, bridging offset gaps of transaction markers, is not needed: `klines` is written by
      idempotent, non-transactional producers only.
   2. a commit only ever covers a contiguous run of acked offsets starting at the committed offset.

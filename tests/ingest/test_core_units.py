@@ -179,7 +179,8 @@ def test_gap_detection():
     assert missing_range(5 * STEP, 8 * STEP, STEP) == (6 * STEP, 8 * STEP)
     assert missing_range(5 * STEP, 5 * STEP, STEP) is None and missing_range(None, 9, STEP) is None
     g = GapTracker(STEP, grace_ms=10_000)
-    g.start(["A", "B"], 100 * STEP)
+    for sym in ("A", "B"):
+        g.continue_after(sym, 99 * STEP)                        # every bar from 100 on
     assert g.on_bar("A", 100 * STEP) is None
     g.produced("A", 100 * STEP)
     assert g.on_bar("A", 104 * STEP) == (101 * STEP, 103 * STEP)
@@ -188,6 +189,7 @@ def test_gap_detection():
     # silence: 5 s after 103:00 the bar 102 is within grace, not yet due
     assert g.due(["A"], 103 * STEP + 5_000) == {"A": (101 * STEP, 101 * STEP)}
     assert g.on_bar("C", 5 * STEP) is None                      # untracked symbol: no gap claim
+    assert g.retire("A") == 100 * STEP and g.last_of("A") is None and g.on_bar("A", 200 * STEP) is None
 
 
 def test_kline_weights_and_request_plan():

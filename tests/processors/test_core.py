@@ -211,3 +211,19 @@ def test_live_bound_is_the_wall_clock_plus_one_interval():
     from processors.core import open_time_limit
     limit, what = open_time_limit("1m", 0, lambda: 1_000_000)()
     assert limit == 1_060_000 and what == "the wall clock"
+
+
+def test_a_symbol_outside_the_universe_is_rejected_and_gets_no_state():
+    ks = _real_klines(1, 20)
+    symbol = ks[0].symbol
+    proc = KlineProcessor(HeuristicScorer(), "s1", "1h", 5, universe=[symbol])
+    stranger = [Kline("NOTLISTEDUSDT", "1h", k.open_time, k.close_time, k.open, k.high, k.low, k.close, k.volume,
+                      source="replay") for k in ks[:3]]
+    records = [(k.symbol.encode(), encode_kline(k)) for k in ks + stranger]
+    tables = MemoryTables()
+    res = proc.process(records, tables)
+    tables.apply(res)
+    assert [r[0] for r in res.rejects] == ["Kline.symbol='NOTLISTEDUSDT': not in the run's universe (1 symbols, SMC_UNIVERSE)"] * 3
+    assert set(tables.states) == {symbol}
+    ref = KlineProcessor(HeuristicScorer(), "s1", "1h", 5).process(records[:len(ks)], MemoryTables())
+    assert res.signals == ref.signals           # the listed symbol is untouched by the stranger

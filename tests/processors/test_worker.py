@@ -12,30 +12,17 @@ import orjson
 import pytest
 
 from harness import Worker, load_klines, produce, wait_signals, wait_until
+from scenarios import (SYMBOLS, expected_run, scenario_poison, scenario_two_workers_churn, scenario_worker_sigkill,
+                       signals_by_id)
 from infra import kafka_io
 from infra.settings import to_env
 from infra.table_view import changelog, htf_bars
-from processors.core import KlineProcessor, MemoryTables
-from processors.scoring import HeuristicScorer
+from processors.app import HTF_KEEP
+from processors.core import MemoryTables
+from processors.offsets import is_marker, marker_key
 from schemas import decode_signal, encode_kline, interval_ms
 
 pytestmark = pytest.mark.kafka
-
-SYMBOLS = ["BTCUSDT", "ETHUSDT", "SOLUSDT", "XRPUSDT", "DOGEUSDT", "1000PEPEUSDT", "ADAUSDT", "LINKUSDT"]
-
-
-def expected_run(klines, settings) -> tuple[dict[str, bytes], MemoryTables]:
-    """The uninterrupted, in-process run of the same core: signal_id -> bytes, and the final tables."""
-    proc = KlineProcessor(HeuristicScorer(), settings.strategy_version, settings.interval, settings.htf_factor)
-    tables = MemoryTables()
-    out = {}
-    for k in klines:
-        r = proc.process([(k.symbol.encode(), encode_kline(k))], tables)
-        tables.apply(r)
-        for _, raw in r.signals:
-            out[decode_signal(raw).signal_id] = raw
-    return out, tables
-
 
 def expected_signals(klines, settings) -> dict[str, bytes]:
     return expected_run(klines, settings)[0]
@@ -45,6 +32,11 @@ def assert_changelogs_equal(settings, tables: MemoryTables) -> None:
     """Both tables' changelogs hold exactly the in-process run's final tables: the engines' state per
     symbol, and per (symbol, window on the UTC grid) the HTF bar (M5 in production) built from its bars."""
     states = changelog(settings, "symbol-state")
+    markers = {k: int(v) for k, v in states.items() if is_marker(k)}
+    # every partition's marker = the end of its klines partition: the state took every record, once
+    ends = kafka_io.end_offsets(settings, "klines")
+    assert markers == {marker_key(p): high for p, (low, high) in ends.items() if high > low}
+    states = {k: v for k, v in states.items() if not is_marker(k)}
     assert states == {sym.encode(): blob for sym, blob in tables.states.items()}
     period_s = interval_ms(settings.interval) * settings.htf_factor / 1000
     windows = {}
@@ -52,14 +44,12 @@ def assert_changelogs_equal(settings, tables: MemoryTables) -> None:
         symbol, (start, end) = orjson.loads(key)           # Faust's windowed key: [key, [start, end]]
         assert end == start + period_s - 0.1 and start % period_s == 0, key
         windows[(symbol, int(start * 1000))] = blob
-    assert windows == tables.windows
-
-
-def signals_by_id(settings) -> dict[str, list[bytes]]:
-    got = collections.defaultdict(list)
-    for m in kafka_io.read_topic(settings, "signals"):
-        got[decode_signal(m.value()).signal_id].append(m.value())
-    return got
+    # the worker deletes windows older than HTF_KEEP (amortised sweeps): what it kept equals the core's,
+    # and it kept at least each symbol's newest HTF_KEEP
+    assert all(tables.windows.get(k) == blob for k, blob in windows.items()), "a stored window differs"
+    for symbol in {k[0] for k in tables.windows}:
+        newest = sorted(k for k in tables.windows if k[0] == symbol)[-HTF_KEEP:]
+        assert all(k in windows for k in newest), f"{symbol}: newest windows missing"
 
 
 def per_symbol_order_ok(settings) -> bool:
@@ -138,26 +128,9 @@ def test_two_runs_are_byte_identical(s1h, kafka_bootstrap, tmp_path):
 
 
 def test_recovers_after_sigkill(s1h):
-    klines = load_klines("klines_1h.parquet", SYMBOLS, limit_per_symbol=400)
-    expected, tables = expected_run(klines, s1h)
-    half = len(klines) // 2
-    produce(s1h, klines[:half])
-    w = Worker(s1h, "w1")
-    try:
-        wait_signals(s1h, len(expected) // 4, workers=(w,))   # mid-stream
-    finally:
-        w.kill()
-    produce(s1h, klines[half:])
-    w2 = Worker(s1h, "w2")
-    try:
-        wait_signals(s1h, len(expected), workers=(w2,))
-        time.sleep(2)  # let any re-delivered tail settle
-    finally:
-        assert w2.stop() == 0, w2.tail(2000)
-    got = signals_by_id(s1h)
-    assert set(got) == set(expected), f"missing {len(set(expected) - set(got))}, extra {len(set(got) - set(expected))}"
-    # re-delivery after the kill may repeat a record, but never with different content
-    assert all(raw == expected[sid] for sid, raws in got.items() for raw in raws)
+    t = scenario_worker_sigkill(s1h)
+    assert t.counts == (0, 0, 0), t          # re-sent copies (same bytes, same signal_id) may exist
+    tables = t.tables
     assert_changelogs_equal(s1h, tables)
     # what a user sees of the windowed table: `smc htf-bars` reads it back from the changelog
     newest = {sym: orjson.loads(tables.windows[max(k for k in tables.windows if k[0] == sym)]) for sym in ("BTCUSDT", "ETHUSDT")}
@@ -215,36 +188,21 @@ def test_two_workers_split_partitions_and_take_over(s1h):
     assert_changelogs_equal(s1h, tables)
 
 
-@pytest.mark.xfail(strict=False, reason="faust-streaming 0.15.3 can hand a record to the agent after its successors "
-                   "when three generations follow each other within seconds; the bar is then rejected as out-of-order "
-                   "and has no signal (12 of 34 runs in session 4, 2 of 10 with the session-3 code the same day); "
-                   "processors/faust_guards.py and README: Status and known limits")
 def test_take_over_in_the_middle_of_rebalances(s1h):
-    """Both workers start at once and a stops while the group is still settling: records are in flight
-    through three generations. Faust's consumer drops, skips or re-fetches records around each
-    generation change; processors/faust_guards.py removes the drop-then-commit-past path (seen: 499
-    klines dropped against a stale read offset, then committed over), but some runs still stall with
-    lag or miss a few bars, so this stays a non-strict xfail that keeps the scenario visible."""
-    klines = load_klines("klines_1h.parquet", SYMBOLS, limit_per_symbol=400)
-    expected = expected_signals(klines, s1h)
-    third = len(klines) // 3
-    produce(s1h, klines[:third])
-    a, b = Worker(s1h, "a"), Worker(s1h, "b")
-    try:
-        wait_signals(s1h, len(expected) // 4, workers=(a, b))
-        produce(s1h, klines[third:2 * third])
-        wait_signals(s1h, len(expected) // 2, workers=(a, b))
-        assert a.stop() == 0, a.tail(2000)
-        produce(s1h, klines[2 * third:])
-        wait_signals(s1h, len(expected), workers=(b,), timeout=120)
-    finally:
-        a.stop()
-        assert b.stop() == 0, b.tail(2000)
-    got = signals_by_id(s1h)
-    missing, extra = set(expected) - set(got), set(got) - set(expected)
-    assert not missing and not extra, f"missing {len(missing)}, extra {len(extra)}"
-    # records in flight across a rebalance may be processed twice (at-least-once), never differently
-    assert all(raw == expected[sid] for sid, raws in got.items() for raw in raws)
+    """Both workers start at once on a fresh namespace and a stops while the group is still settling:
+    records are in flight through three generations. Faust's consumer drops, skips, re-fetches and
+    reorders records around each generation change (processors/faust_guards.py); the offset gate
+    (processors/offsets.py) makes the state take each record once, in order, whatever it is handed."""
+    t = scenario_two_workers_churn(s1h)
+    assert t.counts == (0, 0, 0), t
+    assert_changelogs_equal(s1h, t.tables)
+
+
+def test_poison_records_are_dead_letters_and_touch_no_state(s1h):
+    """900 KB, far-future, unknown-field, NaN, unknown-symbol and broken records among valid ones."""
+    t = scenario_poison(s1h)
+    assert t.counts == (0, 0, 0), t
+    assert t.resent == 0
 
 
 @pytest.mark.kafka

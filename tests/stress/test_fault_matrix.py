@@ -1,11 +1,14 @@
 """The fault matrix: each scenario repeated SMC_STRESS_N times (default 20) on the real broker, with
-lost / duplicated / wrong records counted against what the fake exchange holds, and a table printed.
+lost / duplicated / wrong records counted (ingest: bars against what the fake exchange holds;
+processors: signals against the uninterrupted in-process core, tests/processors/scenarios.py), and a
+table printed.
 
-    bash infra/bootstrap.sh stress                 # every scenario, 20 repetitions
-    SMC_STRESS_N=5 bash infra/bootstrap.sh stress -k restart
+    bash infra/bootstrap.sh stress                 # every scenario, 20 repetitions (a few hours)
+    SMC_STRESS_N=5 bash infra/bootstrap.sh stress -k "restart or SIGKILL"
 
 Not part of the default test run (marker `stress`); the default suite runs each scenario once
-(tests/ingest/test_ingest_faults.py). A repetition that raises counts as a failure and is shown.
+(tests/ingest/test_ingest_faults.py, tests/processors/test_worker*.py). A repetition that raises
+counts as a failure and is shown.
 """
 from __future__ import annotations
 
@@ -16,6 +19,8 @@ import uuid
 
 import pytest
 
+from scenarios import (OwnBroker, scenario_broker_outage, scenario_broker_outage_past_timeout, scenario_poison,
+                       scenario_two_workers_churn, scenario_worker_sigkill)
 from test_ingest_faults import (scenario_rest_bans, scenario_restart_after_downtime, scenario_unacknowledged_klines,
                                 scenario_vanishing_universe)
 
@@ -40,7 +45,7 @@ def _repeat(name, base_settings, scenario):
 
 
 def _print_table():
-    print("\nfault matrix (ingest)                       runs  lost  duplicated  wrong  failed  s/run")
+    print("\nfault matrix                                runs  lost  duplicated  wrong  failed  s/run")
     for name, rows in RESULTS.items():
         failed = sum(1 for r in rows if r[3])
         print(f"  {name:<42} {len(rows):>4} {sum(r[0] for r in rows):>5} {sum(r[1] for r in rows):>11} "
@@ -53,7 +58,42 @@ SCENARIOS = {
     "ingest restart after 1-6 min down": lambda s, i: scenario_restart_after_downtime(s, _RNG.randint(1, 6)),
     "exchangeInfo 429/418 (Retry-After)": lambda s, i: scenario_rest_bans(s),
     "broker never acknowledges -> exit, restart": lambda s, i: scenario_unacknowledged_klines(s),
+    # the processors: signals against the uninterrupted core (re-sent identical copies are not counted:
+    # consumers keep one per signal_id; tests/processors/scenarios.py)
+    "worker SIGKILL at a random moment": lambda s, i: _processors(s, scenario_worker_sigkill, _RNG.uniform(0.02, 0.45)),
+    "two workers on a fresh namespace, churn": lambda s, i: _processors(s, scenario_two_workers_churn),
+    "poison records among valid ones": lambda s, i: _processors(s, scenario_poison, i),
+    "broker kill -9 for 2 min while processing": lambda s, i: _on_own_broker(s, scenario_broker_outage, 120.0),
+    "broker down past the delivery timeout": lambda s, i: _on_own_broker(s, scenario_broker_outage_past_timeout),
 }
+
+
+def _processors(settings, scenario, *args):
+    from infra import kafka_io
+    s = settings.with_(interval="1h")
+    kafka_io.ensure_topics(s, ["klines", "signals", "dlq"])
+    try:
+        return scenario(s, *args).counts
+    finally:
+        kafka_io.delete_namespace(s)
+
+
+_BROKER: list = []
+
+
+def _on_own_broker(settings, scenario, *args):
+    import tempfile
+    from pathlib import Path
+    if not _BROKER:
+        _BROKER.append(OwnBroker(Path(tempfile.mkdtemp(prefix="smc-stress-kafka-"))))
+    return scenario(_BROKER[0], settings, *args).counts
+
+
+@pytest.fixture(scope="module", autouse=True)
+def _stop_own_broker():
+    yield
+    while _BROKER:
+        _BROKER.pop().stop()
 
 
 @pytest.mark.stress

@@ -1,0 +1,56 @@
+"""Executor configuration: the strategy, exit and paper-broker parameters (env SMC_EXEC_*).
+
+infra.settings.Settings carries the account-wide values (equity, broker, URLs, keys); these are the
+executor's own knobs, with the documented defaults.
+"""
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+
+import orjson
+
+from executor.brokers.paper import PaperConfig
+from executor.exits import ExitRules
+from executor.strategy import StrategyConfig
+
+
+@dataclass(frozen=True)
+class ExecutorConfig:
+    start_equity: float = 10_000.0
+    strategy: StrategyConfig = field(default_factory=StrategyConfig)
+    exits: ExitRules = field(default_factory=ExitRules)
+    paper: PaperConfig = field(default_factory=PaperConfig)
+    record_flat: bool = True            # a Decision(skip, flat) for every flat bar (the audit trail's "why not")
+    equity_every_bar: bool = False      # an Equity record per bar, not only when the account changed
+    exchange_info: str = ""             # path of an exchangeInfo JSON; "" = the bundled real USD-M snapshot
+    generic_instruments: bool = False   # opt-in: symbols missing from exchangeInfo modelled generically (paper)
+    # bound on the wall time from an entry fill to its stop's acknowledgement (alert beyond it). With an
+    # unknown outcome the broker looks the stop up for up to recvWindow (5 s) + margin (1 s): keep it above.
+    protect_within_ms: int = 8_000
+    halt_after_failures: int = 5        # consecutive exchange errors that halt new entries (auth/ban: at once)
+
+
+def config_from_env(start_equity: float, env: dict | None = None) -> ExecutorConfig:
+    env = os.environ if env is None else env
+    g = env.get
+    strategy = StrategyConfig(
+        max_positions=int(g("SMC_EXEC_MAX_POSITIONS", 5)),
+        allow_pyramiding=g("SMC_EXEC_PYRAMIDING", "0").lower() in ("1", "true", "yes"),
+        daily_loss_limit_pct=float(g("SMC_EXEC_DAILY_LOSS_LIMIT", 0.03)),
+        target_r_multiple=float(g("SMC_EXEC_TARGET_R", 0.0)),
+        timeframes=tuple(t for t in g("SMC_EXEC_TIMEFRAMES", "").split(",") if t))
+    exits = ExitRules(max_hold_ms=int(float(g("SMC_EXEC_MAX_HOLD_MIN", 120)) * 60_000),
+                      stagnation_after_ms=int(float(g("SMC_EXEC_STAGNATION_MIN", 30)) * 60_000),
+                      stagnation_pct=float(g("SMC_EXEC_STAGNATION_PCT", 0.001)))
+    paper = PaperConfig(slippage_bps=float(g("SMC_EXEC_SLIPPAGE_BPS", 1.0)),
+                        taker_fee=float(g("SMC_EXEC_TAKER_FEE", 0.0005)),
+                        funding_rate=float(g("SMC_EXEC_FUNDING_RATE", 0.0001)),
+                        funding_interval_h=orjson.loads(g("SMC_EXEC_FUNDING_HOURS", "{}")))
+    return ExecutorConfig(start_equity=start_equity, strategy=strategy, exits=exits, paper=paper,
+                          record_flat=g("SMC_EXEC_RECORD_FLAT", "1").lower() in ("1", "true", "yes"),
+                          equity_every_bar=g("SMC_EXEC_EQUITY_EVERY_BAR", "0").lower() in ("1", "true", "yes"),
+                          exchange_info=g("SMC_EXEC_EXCHANGE_INFO", ""),
+                          generic_instruments=g("SMC_EXEC_GENERIC_INSTRUMENTS", "0").lower() in ("1", "true", "yes"),
+                          protect_within_ms=int(g("SMC_EXEC_PROTECT_WITHIN_MS", 8_000)),
+                          halt_after_failures=int(g("SMC_EXEC_HALT_AFTER_FAILURES", 5)))

@@ -1,0 +1,88 @@
+"""Position sizing (pure): confidence tier -> risk amount -> quantity, with the exchange's rules.
+
+Rules (DESIGN.md "Risk and exits"):
+* tiers by confidence, strict `>`: > 0.85 -> 2.0 % of equity at risk, > 0.70 -> 1.0 %, > 0.60 -> 0.5 %,
+  else no trade (exactly 0.60 is no trade, exactly 0.70 is the 0.5 % tier, exactly 0.85 the 1 % tier);
+* prices on the tick grid: entry to the nearest tick, the stop rounded AWAY from the entry (a wider
+  stop -> a smaller quantity -> never more risk than planned), the target rounded TOWARD the entry;
+* quantity = risk amount / |entry - stop|, capped so that notional = qty * entry <= 10 % of equity,
+  rounded DOWN to the step (MARKET_LOT_SIZE step for market orders);
+* skipped when qty * entry < min notional (Binance checks the mark price for MARKET orders; the
+  signal's entry is our best estimate of it) or qty < minQty.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from executor.instruments import Instrument, _dec, round_to
+
+TIERS: tuple[tuple[float, float], ...] = ((0.85, 0.020), (0.70, 0.010), (0.60, 0.005))
+MAX_NOTIONAL_PCT = 0.10
+
+
+@dataclass(frozen=True, slots=True)
+class RiskConfig:
+    tiers: tuple[tuple[float, float], ...] = TIERS      # (confidence strictly above, risk fraction)
+    max_notional_pct: float = MAX_NOTIONAL_PCT
+
+
+@dataclass(frozen=True, slots=True)
+class Sizing:
+    ok: bool
+    reason: str            # ok | notional_cap | below_threshold | zero_distance | invalid_prices | min_notional | min_qty | no_equity
+    risk_pct: float = 0.0  # fraction of equity at risk (0.02 = 2 %)
+    qty: float = 0.0
+    entry: float = 0.0
+    stop: float = 0.0
+    target: float = 0.0
+    risk_amount: float = 0.0
+    notional: float = 0.0
+    capped: bool = False
+
+
+def risk_fraction(confidence: float, cfg: RiskConfig = RiskConfig()) -> float:
+    """Fraction of equity at risk for a confidence (0.0 = no trade)."""
+    for above, frac in cfg.tiers:
+        if confidence > above:
+            return frac
+    return 0.0
+
+
+def round_prices(side: str, entry: float, stop: float, target: float, tick: float) -> tuple[float, float, float]:
+    e = round_to(entry, tick, "nearest")
+    if side == "long":
+        return e, round_to(stop, tick, "floor"), round_to(target, tick, "floor")
+    return e, round_to(stop, tick, "ceil"), round_to(target, tick, "ceil")
+
+
+def size_position(side: str, confidence: float, entry: float, stop: float, target: float, equity: float,
+                  inst: Instrument, market: bool = True, cfg: RiskConfig = RiskConfig()) -> Sizing:
+    frac = risk_fraction(confidence, cfg)
+    if frac <= 0.0:
+        return Sizing(False, "below_threshold")
+    if equity <= 0:
+        return Sizing(False, "no_equity", frac)
+    e, s, t = round_prices(side, entry, stop, target, inst.tick_size)
+    if side == "long" and not s < e:
+        return Sizing(False, "zero_distance" if s == e else "invalid_prices", frac, 0.0, e, s, t)
+    if side == "short" and not e < s:
+        return Sizing(False, "zero_distance" if s == e else "invalid_prices", frac, 0.0, e, s, t)
+    if side not in ("long", "short"):
+        return Sizing(False, "invalid_prices", frac)
+    distance = float(abs(_dec(e) - _dec(s)))      # exact on the tick grid (10.0 - 9.2 is not 0.8 in floats)
+    risk_amount = equity * frac
+    qty_risk = risk_amount / distance
+    qty_cap = equity * cfg.max_notional_pct / e
+    capped = qty_cap < qty_risk
+    raw_qty = min(qty_risk, qty_cap)
+    step = inst.market_step_size if market else inst.step_size
+    qty = round_to(raw_qty * (1 + 1e-9), step, "floor")   # 1e-9 absorbs float noise like 6.249999999999995
+    if qty * e > equity * cfg.max_notional_pct * (1 + 1e-9) or qty * distance > risk_amount * (1 + 1e-9):
+        qty = round_to(raw_qty, step, "floor")             # the nudge must never break a cap
+    notional = qty * e
+    min_qty = inst.market_min_qty if market else inst.min_qty
+    if qty <= 0 or notional < inst.min_notional:
+        return Sizing(False, "min_notional", frac, qty, e, s, t, risk_amount, notional, capped)
+    if qty < min_qty:
+        return Sizing(False, "min_qty", frac, qty, e, s, t, risk_amount, notional, capped)
+    return Sizing(True, "notional_cap" if capped else "ok", frac, qty, e, s, t, risk_amount, notional, capped)

@@ -1,0 +1,127 @@
+"""ClickHouse through clickhouse-connect from one DSN: `chdb:///path` (embedded) or `http://host:8123`.
+
+chDB runs one engine per process: every component that writes the audit trail in embedded mode does
+so from the process that owns the store (the audit sink), and readers open it after.
+"""
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import os
+import re
+import threading
+from pathlib import Path
+from typing import Any, Iterator, Sequence
+
+import clickhouse_connect
+import orjson
+
+from schemas.audit import TABLES, AuditTable
+
+DATABASE = "smc"
+LATEST = "smc_latest"   # views on the latest finished run's tables: what `smc query` reads by default
+_CLIENTS: dict[str, Any] = {}
+_LOCK = threading.Lock()
+
+
+def connect(dsn: str):
+    """One client per DSN per process (chDB allows a single engine per process)."""
+    with _LOCK:
+        client = _CLIENTS.get(dsn)
+        if client is None:
+            if dsn.startswith("chdb://"):
+                path = dsn[len("chdb://"):]
+                if path and path != "memory":
+                    os.makedirs(path, exist_ok=True)
+            client = clickhouse_connect.get_client(dsn=dsn)
+            _CLIENTS[dsn] = client
+        return client
+
+
+def run_database(namespace: str) -> str:
+    """The database of one run's audit trail, named after its namespace (identifier-safe)."""
+    return "smc_" + re.sub(r"\W", "_", namespace)
+
+
+@contextlib.contextmanager
+def exclusive(dsn: str) -> Iterator[None]:
+    """While held, this process alone has the embedded engine of a chDB path (chDB allows one process
+    per path: concurrent runs take turns on their audit phase); the engine is released after unless
+    this process had it open before. A server DSN needs no turn."""
+    path = dsn[len("chdb://"):] if dsn.startswith("chdb://") else ""
+    if not path or path == "memory":
+        yield
+        return
+    lock = Path(path.rstrip("/") + ".lock")
+    lock.parent.mkdir(parents=True, exist_ok=True)
+    with open(lock, "a") as fh:
+        fcntl.flock(fh, fcntl.LOCK_EX)
+        opened_before = dsn in _CLIENTS
+        try:
+            yield
+        finally:
+            if not opened_before:
+                with _LOCK:
+                    client = _CLIENTS.pop(dsn, None)
+                if client is not None:
+                    client.close()
+            fcntl.flock(fh, fcntl.LOCK_UN)
+
+
+def _cell(value: Any) -> Any:
+    if isinstance(value, dict):
+        return orjson.dumps(value, option=orjson.OPT_SORT_KEYS).decode()
+    return value
+
+
+class AuditStore:
+    """The audit trail: idempotent batched inserts of message dataclasses, and SQL queries."""
+
+    def __init__(self, dsn: str, database: str = DATABASE) -> None:
+        self.dsn = dsn
+        self.database = database
+        self.client = connect(dsn)
+
+    def ensure_schema(self) -> None:
+        self.client.command(f"CREATE DATABASE IF NOT EXISTS {self.database}")
+        for table in TABLES.values():
+            self.client.command(table.ddl(self.database))
+        from infra.analytics import VIEWS  # views read the tables above
+        for name, sql in VIEWS.items():
+            self.client.command(f"CREATE OR REPLACE VIEW {self.database}.{name} AS {sql.format(db=self.database)}")
+
+    def point_latest(self, alias: str = LATEST) -> None:
+        """Make `alias` show this database: one view per table (deduplicated, FINAL) and per analytics view."""
+        from infra.analytics import VIEWS
+        self.client.command(f"CREATE DATABASE IF NOT EXISTS {alias}")
+        for name in TABLES:
+            self.client.command(f"CREATE OR REPLACE VIEW {alias}.{name} AS SELECT * FROM {self.database}.{name} FINAL")
+        for name in VIEWS:
+            self.client.command(f"CREATE OR REPLACE VIEW {alias}.{name} AS SELECT * FROM {self.database}.{name}")
+
+    def insert(self, table: str | AuditTable, messages: Sequence[Any]) -> int:
+        """Insert message dataclasses (all of the table's type) in one batch."""
+        if not messages:
+            return 0
+        t = TABLES[table] if isinstance(table, str) else table
+        names = [n for n, _ in t.columns()]
+        rows = [[_cell(getattr(m, n)) for n in names] for m in messages]
+        self.client.insert(f"{self.database}.{t.name}", rows, column_names=names)
+        return len(rows)
+
+    def query(self, sql: str, parameters: dict | None = None) -> tuple[list[str], list[tuple]]:
+        res = self.client.query(sql, parameters=parameters)
+        cols, rows = list(res.column_names), [tuple(r) for r in res.result_rows]
+        body = "\n".join(line for line in sql.splitlines() if not line.lstrip().startswith("--")).strip().rstrip(";")
+        if not cols and not rows and body.upper().startswith(("SELECT", "WITH")):
+            # the chDB backend returns no column names for an empty result; a header still helps
+            cols = [r[0] for r in self.client.query(f"DESCRIBE ({body})", parameters=parameters).result_rows]
+        return cols, rows
+
+    def scalar(self, sql: str) -> Any:
+        """The first column of the first row, typed (command() would return text)."""
+        rows = self.client.query(sql).result_rows
+        return rows[0][0] if rows else None
+
+    def count(self, table: str, where: str = "1") -> int:
+        return int(self.client.command(f"SELECT count() FROM {self.database}.{table} FINAL WHERE {where}"))

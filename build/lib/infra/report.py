@@ -1,0 +1,176 @@
+"""The run report: read the audit trail from ClickHouse, compute metrics, draw plots, write HTML.
+
+Every number comes from the audit trail (positions, equity, decisions, signals, rejects with FINAL),
+so the report and `smc query` can never disagree.
+"""
+from __future__ import annotations
+
+import base64
+import html
+import io
+import math
+from datetime import datetime, timezone
+from pathlib import Path
+
+import numpy as np
+import orjson
+from rich.console import Console
+from rich.table import Table
+
+from infra.clickhouse import AuditStore
+from infra.performance import Trade, drawdown_series, group_pnl, summarize, tier_of
+
+
+def load_trades(store: AuditStore) -> list[Trade]:
+    _, rows = store.query(
+        f"SELECT symbol, side, opened_at, closed_at, realized_pnl, fees, funding, confidence, pattern, exit_reason "
+        f"FROM {store.database}.positions FINAL WHERE status = 'closed' ORDER BY closed_at, position_id")
+    return [Trade(*r) for r in rows]
+
+
+def load_equity(store: AuditStore) -> tuple[np.ndarray, np.ndarray]:
+    _, rows = store.query(f"SELECT ts, equity FROM {store.database}.equity FINAL ORDER BY ts")
+    if not rows:
+        return np.zeros(0, dtype=np.int64), np.zeros(0)
+    ts, eq = zip(*rows)
+    return np.asarray(ts, dtype=np.int64), np.asarray(eq, dtype=np.float64)
+
+
+def _png(fig) -> str:
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=110, bbox_inches="tight")
+    return base64.b64encode(buf.getvalue()).decode()
+
+
+def _plots(trades: list[Trade], ts: np.ndarray, eq: np.ndarray, start_equity: float, out: Path) -> dict[str, str]:
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    images = {}
+    times = [datetime.fromtimestamp(t / 1000, timezone.utc) for t in ts]
+    fig, (a1, a2) = plt.subplots(2, 1, figsize=(10, 5.5), sharex=True, gridspec_kw={"height_ratios": [3, 1]})
+    if len(times):
+        a1.plot(times, eq, color="#1f6feb", lw=1.2)
+        a2.fill_between(times, drawdown_series(np.concatenate([[start_equity], eq]))[1:] * 100, 0, color="#d1242f", alpha=.5)
+    a1.axhline(start_equity, color="grey", lw=.6, ls="--")
+    a1.set_ylabel("equity (USDT)")
+    a1.set_title("Equity curve")
+    a2.set_ylabel("drawdown %")
+    fig.autofmt_xdate()
+    images["equity"] = _png(fig)
+    plt.close(fig)
+
+    def bars(rows, title, name, top=25):
+        rows = rows[:top] if len(rows) <= top else rows[:top // 2] + rows[-top // 2:]
+        fig, ax = plt.subplots(figsize=(10, max(2.5, 0.28 * len(rows) + 1)))
+        vals = [r["pnl"] for r in rows]
+        ax.barh([r["group"] for r in rows], vals, color=["#1a7f37" if v >= 0 else "#d1242f" for v in vals])
+        ax.invert_yaxis()
+        ax.set_title(title)
+        ax.set_xlabel("net PnL (USDT)")
+        images[name] = _png(fig)
+        plt.close(fig)
+
+    bars(group_pnl(trades, lambda t: t.symbol), "PnL by symbol", "by_symbol")
+    bars(group_pnl(trades, lambda t: t.pattern or "(none)"), "PnL by SMC pattern", "by_pattern")
+    bars(group_pnl(trades, lambda t: tier_of(t.confidence)), "PnL by confidence tier", "by_tier")
+    bars(sorted(group_pnl(trades, lambda t: f"{datetime.fromtimestamp(t.opened_at / 1000, timezone.utc).hour:02d}h"),
+                key=lambda r: r["group"]), "PnL by entry hour (UTC)", "by_hour", top=24)
+    for name, b64 in images.items():
+        (out / f"{name}.png").write_bytes(base64.b64decode(b64))
+    return images
+
+
+def _fmt(v) -> str:
+    if isinstance(v, float):
+        if math.isinf(v):
+            return "inf"
+        return f"{v:,.4f}" if abs(v) < 100 else f"{v:,.2f}"
+    return str(v)
+
+
+def build_report(store: AuditStore, out_dir: str | Path, start_equity: float, plan=None,
+                 console: Console | None = None) -> dict:
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    trades = load_trades(store)
+    ts, eq = load_equity(store)
+    start = plan.start if plan else (int(ts.min()) if ts.size else 0)
+    end = plan.end if plan else (int(ts.max()) if ts.size else 0)
+    summary = summarize(trades, ts, eq, start_equity, start, end)
+    db = store.database
+    summary["signals"] = store.count("signals")
+    summary["setups"] = store.count("signals", "side != 'flat'")
+    summary["klines"] = store.count("klines")
+    summary["rejects"] = store.count("rejects")
+    _, reasons = store.query(f"SELECT action, reason, count() FROM {db}.decisions FINAL GROUP BY action, reason ORDER BY 3 DESC")
+    summary["decisions"] = {f"{a}:{r}": int(n) for a, r, n in reasons}
+    if plan is not None:
+        summary["symbols"] = len(plan.symbols)
+        summary["period"] = [datetime.fromtimestamp(plan.start / 1000, timezone.utc).isoformat(),
+                             datetime.fromtimestamp(plan.end / 1000, timezone.utc).isoformat()]
+    groups = {"symbol": group_pnl(trades, lambda t: t.symbol),
+              "pattern": group_pnl(trades, lambda t: t.pattern or "(none)"),
+              "tier": group_pnl(trades, lambda t: tier_of(t.confidence)),
+              "exit_reason": group_pnl(trades, lambda t: t.exit_reason)}
+    images = _plots(trades, ts, eq, start_equity, out)
+    (out / "summary.json").write_bytes(orjson.dumps({"summary": summary, "groups": groups},
+                                                    option=orjson.OPT_INDENT_2 | orjson.OPT_SORT_KEYS))
+    (out / "index.html").write_text(_html(summary, groups, trades, images))
+    _print(console or Console(), summary, groups, out)
+    return summary
+
+
+def _table_html(rows: list[dict]) -> str:
+    if not rows:
+        return "<p><i>none</i></p>"
+    head = "".join(f"<th>{html.escape(k)}</th>" for k in rows[0])
+    body = "".join("<tr>" + "".join(f"<td>{html.escape(_fmt(v))}</td>" for v in r.values()) + "</tr>" for r in rows)
+    return f"<table><tr>{head}</tr>{body}</table>"
+
+
+def _html(summary: dict, groups: dict, trades: list[Trade], images: dict[str, str]) -> str:
+    kv = "".join(f"<tr><th>{html.escape(k)}</th><td>{html.escape(_fmt(v))}</td></tr>"
+                 for k, v in summary.items() if not isinstance(v, (dict, list)))
+    dec = _table_html([{"decision": k, "count": v} for k, v in summary.get("decisions", {}).items()])
+    imgs = "".join(f'<h2>{html.escape(n.replace("_", " "))}</h2><img src="data:image/png;base64,{b}">' for n, b in images.items())
+    tlist = [{"symbol": t.symbol, "side": t.side,
+              "opened": datetime.fromtimestamp(t.opened_at / 1000, timezone.utc).strftime("%Y-%m-%d %H:%M"),
+              "minutes": (t.closed_at - t.opened_at) // 60000, "pnl": t.pnl, "fees": t.fees, "funding": t.funding,
+              "confidence": t.confidence, "pattern": t.pattern, "exit": t.exit_reason} for t in trades]
+    grp = "".join(f"<h2>PnL by {html.escape(k)}</h2>{_table_html(v)}" for k, v in groups.items())
+    return f"""<!doctype html><html><head><meta charset="utf-8"><title>SMC-Quant run report</title>
+<style>body{{font-family:system-ui,sans-serif;margin:2em;max-width:1100px}}table{{border-collapse:collapse;margin:1em 0}}
+td,th{{border:1px solid #ccc;padding:3px 8px;text-align:right}}th{{background:#f3f3f3}}img{{max-width:100%}}</style></head>
+<body><h1>SMC-Quant run report</h1><p><b>{html.escape(verdict(summary))}</b></p><table>{kv}</table><h2>Decisions</h2>{dec}{imgs}{grp}
+<h2>Trades ({len(trades)})</h2>{_table_html(tlist)}</body></html>"""
+
+
+def verdict(summary: dict) -> str:
+    """Say plainly why a run did not trade, when it did not."""
+    dec = summary.get("decisions", {})
+    if summary.get("trades", 0) == 0 and summary.get("setups", 0) > 0 and dec.get("skip:below_threshold", 0):
+        return (f"No trades: all {summary['setups']} setups scored <= 0.60, the lowest risk tier. The shipped model is "
+                "calibrated and finds no edge in these setups after fees (models/README.md). "
+                "`smc run --scorer heuristic` trades on the spec's heuristic score instead.")
+    return ""
+
+
+def _print(console: Console, summary: dict, groups: dict, out: Path) -> None:
+    t = Table(title="Run summary", show_header=False)
+    for k in ("symbols", "klines", "signals", "setups", "trades", "net_pnl", "return_pct", "win_rate", "profit_factor",
+              "max_drawdown_pct", "sharpe", "sortino", "exposure_pct", "fees", "funding", "rejects"):
+        if k in summary:
+            t.add_row(k, _fmt(summary[k]))
+    console.print(t)
+    if summary.get("decisions"):
+        d = Table(title="Decisions")
+        d.add_column("action:reason")
+        d.add_column("count", justify="right")
+        for k, v in list(summary["decisions"].items())[:10]:
+            d.add_row(k, str(v))
+        console.print(d)
+    note = verdict(summary)
+    if note:
+        console.print(f"[yellow]{note}[/]")
+    console.print(f"report: [link=file://{out / 'index.html'}]{out / 'index.html'}[/] (+ PNGs, summary.json)")

@@ -1,0 +1,94 @@
+"""Settings: environment variables (SMC_*), then an optional TOML file, then documented defaults.
+
+Secrets (Binance API key/secret) are read from the environment only, never from the file, and never
+appear in repr() or logs.
+"""
+from __future__ import annotations
+
+import dataclasses
+import os
+import tomllib
+from dataclasses import dataclass, field
+from pathlib import Path
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+
+
+@dataclass(frozen=True)
+class Settings:
+    kafka_bootstrap: str = "127.0.0.1:9092"      # SMC_KAFKA_BOOTSTRAP
+    namespace: str = ""                          # SMC_NAMESPACE: topic/group prefix of an isolated run
+    partitions: int = 6                          # SMC_PARTITIONS
+    clickhouse_dsn: str = f"chdb://{REPO_ROOT / 'var' / 'chdb'}"  # SMC_CLICKHOUSE_DSN (chdb:///path or http://host:8123)
+    data_dir: str = str(REPO_ROOT / "var")      # SMC_DATA_DIR: Faust tables, broker data, reports
+    interval: str = "1m"                         # SMC_INTERVAL: base kline interval
+    replay_end: int = 0                          # SMC_REPLAY_END: a replay's declared end (ms, exclusive); 0 = live (wall clock bounds open_time)
+    universe: str = ""                           # SMC_UNIVERSE: comma-separated symbols the processors accept ("" = any: live, where ingest vets the exchangeInfo universe)
+    htf_factor: int = 5                          # SMC_HTF_FACTOR: higher timeframe = factor x interval
+    model_path: str = str(REPO_ROOT / "models" / "lgbm_smc.txt")  # SMC_MODEL_PATH ("" = heuristic)
+    strategy_version: str = "smc-v1"             # SMC_STRATEGY_VERSION: part of every signal_id
+    binance_rest_url: str = "https://fapi.binance.com"             # SMC_BINANCE_REST_URL
+    binance_ws_url: str = "wss://fstream.binance.com/market"       # SMC_BINANCE_WS_URL (klines live under /market)
+    binance_trade_url: str = "https://testnet.binancefuture.com"   # SMC_BINANCE_TRADE_URL (testnet unless live)
+    live_trading: bool = False                   # SMC_LIVE_TRADING=1 and --live: trade on the real exchange
+    broker: str = "paper"                        # SMC_BROKER: paper | binance
+    symbols_per_shard: int = 50                  # SMC_SYMBOLS_PER_SHARD (<= 200 streams per connection)
+    equity: float = 10_000.0                     # SMC_EQUITY: paper starting equity (USDT)
+    delivery_timeout_s: float = 300.0            # SMC_DELIVERY_TIMEOUT_S: how long the processors wait out a broker outage, then exit non-zero
+    api_key: str = field(default="", repr=False)      # BINANCE_API_KEY (environment only)
+    api_secret: str = field(default="", repr=False)   # BINANCE_API_SECRET (environment only)
+
+    def __repr__(self) -> str:  # never show secrets, even by accident
+        shown = {f.name: getattr(self, f.name) for f in dataclasses.fields(self) if f.repr}
+        return f"Settings({shown})"
+
+    def with_(self, **changes) -> "Settings":
+        return dataclasses.replace(self, **changes)
+
+
+_SECRET_ENV = {"api_key": "BINANCE_API_KEY", "api_secret": "BINANCE_API_SECRET"}
+
+
+def _coerce(name: str, raw: str | int | float | bool, default):
+    if isinstance(default, bool):
+        if isinstance(raw, bool):
+            return raw
+        return str(raw).strip().lower() in ("1", "true", "yes", "on")
+    if isinstance(default, int):
+        return int(raw)
+    if isinstance(default, float):
+        return float(raw)
+    return str(raw)
+
+
+def load_settings(config_file: str | os.PathLike | None = None, env: dict[str, str] | None = None) -> Settings:
+    env = os.environ if env is None else env
+    config_file = config_file or env.get("SMC_CONFIG")
+    file_values: dict = {}
+    if config_file:
+        with open(config_file, "rb") as fh:
+            file_values = tomllib.load(fh)
+        leaked = set(file_values) & set(_SECRET_ENV)
+        if leaked:
+            raise ValueError(f"secrets {sorted(leaked)} must come from the environment, not {config_file}")
+    base = Settings()
+    values = {}
+    for f in dataclasses.fields(Settings):
+        default = getattr(base, f.name)
+        if f.name in _SECRET_ENV:
+            values[f.name] = env.get(_SECRET_ENV[f.name], "")
+            continue
+        raw = env.get(f"SMC_{f.name.upper()}", file_values.get(f.name))
+        values[f.name] = default if raw is None else _coerce(f.name, raw, default)
+    return Settings(**values)
+
+
+def to_env(settings: Settings) -> dict[str, str]:
+    """The SMC_* environment that makes a child process load the same settings (secrets excluded)."""
+    env = {}
+    for f in dataclasses.fields(Settings):
+        if f.name in _SECRET_ENV:
+            continue
+        value = getattr(settings, f.name)
+        env[f"SMC_{f.name.upper()}"] = ("1" if value else "0") if isinstance(value, bool) else str(value)
+    return env

@@ -1,0 +1,64 @@
+"""`python -m processors worker`: run the stream processors as a Faust worker (SIGTERM stops it cleanly).
+
+SMC_DEBUG_LOGGERS=aiokafka.consumer,faust.tables.recovery turns on DEBUG for just those loggers (the rest
+stays at --loglevel): the way to look inside a rebalance without drowning in every library's debug output.
+"""
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import os
+import sys
+
+from infra.settings import load_settings
+from schemas import topic_name
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(prog="python -m processors")
+    ap.add_argument("command", choices=["worker"])
+    ap.add_argument("--config", default=None, help="optional TOML settings file")
+    ap.add_argument("--loglevel", default="warning")
+    args = ap.parse_args(argv)
+    import faust
+    from processors.app import create_app
+    from processors.diagnostics import install_sigusr1_dump
+    from processors.gc_tuning import freeze_startup_objects
+    from infra.kafka_io import TopicMismatch, ensure_exact_topics, ensure_topics
+    settings = load_settings(args.config)
+    app = create_app(settings)
+    # topics before tables: every topic and changelog exists, with its partitions, before Faust subscribes
+    try:
+        ensure_topics(settings, ["klines", "signals", "dlq"])
+        ensure_exact_topics(settings, {n: p for n, p in app.smc_changelogs.items()}, {"cleanup.policy": "compact"})
+        ensure_exact_topics(settings, {topic_name("klines", settings.namespace): settings.partitions})
+    except TopicMismatch as exc:
+        print(f"processors worker: {exc}", file=sys.stderr)
+        return 2
+    debug_loggers = [n for n in os.environ.get("SMC_DEBUG_LOGGERS", "").split(",") if n]
+    level = args.loglevel.upper()
+
+    class Worker(faust.Worker):
+        def on_setup_root_logger(self, logger: logging.Logger, _level: int) -> None:
+            logger.setLevel(level)
+            for name in debug_loggers:
+                logging.getLogger(name).setLevel(logging.DEBUG)
+
+    logging.getLogger("faust").setLevel(level)
+
+    @app.task
+    async def _diagnostics():   # `kill -USR1 <pid>` logs where every coroutine waits
+        install_sigusr1_dump(asyncio.get_running_loop())
+
+    @app.task
+    async def _settle_gc():     # short full GC passes: the start-up objects are never garbage
+        logging.getLogger("smc.processors").info("gc: %d start-up objects frozen", freeze_startup_objects())
+
+    worker = Worker(app, loglevel="debug" if debug_loggers else args.loglevel, quiet=True, redirect_stdouts=False)
+    worker.execute_from_commandline()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
