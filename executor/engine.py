@@ -43,7 +43,6 @@ log = logging.getLogger("smc.executor.engine")
 FINAL = ("FILLED", "CANCELED", "REJECTED", "EXPIRED")
 
 
-
 def pattern_of(events: dict) -> str:
     if isinstance(events.get("pattern"), str):
         return events["pattern"][:64]
