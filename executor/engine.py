@@ -7,7 +7,7 @@ backtest and a crash-restart harmless. Per bar record of a symbol (see executor.
   0. drop duplicates / out-of-order bars (open_time <= last seen for symbol+timeframe)
   1. roll the UTC day (start-of-day equity for the daily loss limit)
   2. broker.on_bar_open: orders executing at this bar's open (paper MARKET orders)
-  3. funding stamps reached by this bar's open, for positions still open
+  3. real funding settlements reached by this bar's open, for positions still open (executor.funding)
   4. broker.on_bar_range: stop/target triggered inside the bar
   5. mark to the close; time/manual exits (exits.time_exit) -> MARKET reduce-only exit orders
   6. the strategy's entry decision -> Decision (+ MARKET entry order)
@@ -30,6 +30,7 @@ from typing import Callable
 from executor.brokers.base import Broker, BrokerError, FillEvent, OrderUpdate
 from executor.config import ExecutorConfig
 from executor.exits import time_exit
+from executor.funding import funding_payment
 from executor.instruments import FilterViolation, InstrumentBook, conform
 from executor.portfolio import Portfolio, PositionState
 from executor.protection import STOP_LEGS, next_protective_step
@@ -40,7 +41,6 @@ from schemas.trading import Decision, Fill, Order, client_order_id, decode_order
 log = logging.getLogger("smc.executor.engine")
 
 FINAL = ("FILLED", "CANCELED", "REJECTED", "EXPIRED")
-HOUR = 3_600_000
 
 
 def pattern_of(events: dict) -> str:
@@ -60,6 +60,7 @@ class EngineStats:
     fills: int = 0
     rejected: int = 0
     alerts: int = 0
+    funding_estimated: int = 0   # settlements charged without a real record (fallback rate)
 
 
 class Engine:
@@ -81,6 +82,7 @@ class Engine:
         self._pending_alerts: list = []            # raised outside process() (commands), emitted at the next bar
         self.clock = clock                         # wall clock for the naked-position bound only
         self._unprotected_since: dict[str, float] = {}   # position_id -> clock() at entry fill, until a stop is NEW
+        self._funding_estimated_logged: set[str] = set()
 
     # ------------------------------------------------------------------------------------------
     def process(self, sig: Signal, wall_ts: int = 0) -> list:
@@ -142,7 +144,7 @@ class Engine:
         self.stats.decisions += 1
         out.append(Decision(signal_id=sig.signal_id, symbol=sig.symbol, ts=sig.close_time, action=d.action,
                             reason=d.reason, confidence=sig.confidence, risk_pct=d.risk_pct,
-                            qty=sz.qty if sz else 0.0, wall_ts=wall_ts))
+                            qty=sz.qty if sz else 0.0, equity=view.equity if sz else 0.0, wall_ts=wall_ts))
         if d.action != "enter":
             return
         self.stats.entries += 1
@@ -181,21 +183,26 @@ class Engine:
             self.flatten.discard("*")
 
     def _funding(self, sig: Signal, out: list) -> None:
+        # --- funding (issue 15): the real settlements crossed since the last charge (executor.funding) ---
         pf = self.portfolio
-        hours = self.cfg.paper.funding_hours(sig.symbol)
-        rate = self.cfg.paper.funding_rate
-        interval = hours * HOUR
+        paper = self.cfg.paper
         for pos in pf.of_symbol(sig.symbol):
             if pos.status not in ("open", "closing"):
                 continue
-            stamp = (pos.last_funding_ts // interval + 1) * interval
-            charged = False
-            while stamp <= sig.open_time:
-                pf.charge_funding(pos.position_id, pos.sign * pos.qty * sig.open * rate, stamp)
-                pos.last_funding_ts = stamp
-                stamp += interval
-                charged = True
-            if charged:
+            due = self.cfg.funding.due(sig.symbol, pos.last_funding_ts, sig.open_time, paper.funding_rate,
+                                       paper.default_funding_h)
+            for st in due:
+                # the recorded mark price at the settlement; else this bar's open (first price at or after it)
+                mark = st.mark_price or sig.open
+                pf.charge_funding(pos.position_id, funding_payment(pos.side, pos.qty, mark, st.rate), st.time)
+                pos.last_funding_ts = st.time
+                if st.estimated:
+                    self.stats.funding_estimated += 1
+                    if sig.symbol not in self._funding_estimated_logged:
+                        self._funding_estimated_logged.add(sig.symbol)
+                        log.warning("no real funding record for %s at %d: estimated at %.4f %% (SMC_EXEC_FUNDING_RATE)",
+                                    sig.symbol, st.time, paper.funding_rate * 100)
+            if due:
                 self._changed = True
                 out.append(pos.record())
 

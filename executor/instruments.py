@@ -1,10 +1,15 @@
 """The few exchangeInfo facts the executor needs per symbol (tick, steps, limits, minimum notional).
 
 Default for paper trading and backtests: the real USD-M snapshot bundled in executor/data (see
-executor/data/SOURCES.md), never generic tick sizes. A symbol missing from it is NOT traded: the
-strategy skips it with the reason `unknown_symbol` and the book logs the symbol once. Generic
+executor/data/SOURCES.md), never generic tick sizes. Every symbol of the snapshot is known, whatever
+its status: a backtest replays dates when a since-delisted symbol traded (EOSUSDT, SETTLING since
+2025-05 in the snapshot, is in the 2023-07 recording), and its last listed filters are the real ones
+we have; the book logs such a symbol once. A symbol missing from the snapshot is NOT traded: the
+strategy skips it with the reason `unknown_symbol` and the book logs the symbol once (MATICUSDT of the
+2023-07 recording, delisted in 2024 and in neither real snapshot of shared/data/binance). Generic
 instruments are an explicit opt-in (SMC_EXEC_GENERIC_INSTRUMENTS=1, paper only), e.g. for spot
-recordings that have no perpetual.
+recordings that have no perpetual. Live trading sees only TRADING symbols (ingest's universe), and
+the exchange refuses orders on any other.
 
 Independent of ingest.universe on purpose: `parse_exchange_info` reads the raw `GET /fapi/v1/exchangeInfo`
 payload (PRICE_FILTER.tickSize, LOT_SIZE.stepSize/minQty, MARKET_LOT_SIZE.stepSize/minQty,
@@ -12,6 +17,7 @@ MIN_NOTIONAL.notional). All rounding goes through Decimal so 0.1 + 0.2 never lea
 """
 from __future__ import annotations
 
+import functools
 import logging
 import math
 from dataclasses import asdict, dataclass
@@ -83,12 +89,22 @@ def parse_exchange_info(payload: dict | bytes | str) -> dict[str, Instrument]:
 BUNDLED = Path(__file__).resolve().parent / "data" / "usdm_exchange_info_2025-12-24.json.gz"
 
 
+@functools.lru_cache(maxsize=1)
+def _bundled_payload() -> dict:
+    import gzip
+    return orjson.loads(gzip.decompress(BUNDLED.read_bytes()))
+
+
 def bundled_instruments(tradable_only: bool = True) -> dict[str, Instrument]:
     """The bundled real USD-M exchangeInfo snapshot (2025-12-24): TRADING symbols by default."""
-    import gzip
-    payload = orjson.loads(gzip.decompress(BUNDLED.read_bytes()))
+    payload = _bundled_payload()
     keep = {s["symbol"] for s in payload["symbols"] if not tradable_only or s.get("status") == "TRADING"}
     return {k: v for k, v in parse_exchange_info(payload).items() if k in keep}
+
+
+def bundled_status() -> dict[str, str]:
+    """symbol -> status (TRADING, SETTLING, ...) in the bundled snapshot."""
+    return {s["symbol"]: s.get("status", "") for s in _bundled_payload()["symbols"]}
 
 
 def load_exchange_info(path: str | Path) -> dict[str, Instrument]:
@@ -110,17 +126,26 @@ class InstrumentBook:
     """Known instruments; a symbol outside them gets None (the strategy skips it as `unknown_symbol`),
     unless `allow_generic` (explicit opt-in) models it generically (recorded, so a state snapshot keeps it)."""
 
-    def __init__(self, known: dict[str, Instrument] | None = None, allow_generic: bool = False) -> None:
+    def __init__(self, known: dict[str, Instrument] | None = None, allow_generic: bool = False,
+                 status: dict[str, str] | None = None) -> None:
         self.known = dict(known or {})
         self.allow_generic = allow_generic
         self.missing: set[str] = set()
+        self.status = dict(status or {})          # symbol -> snapshot status, where known
+        self._noted: set[str] = set()
 
     @classmethod
     def default(cls, allow_generic: bool = False) -> "InstrumentBook":
-        return cls(bundled_instruments(), allow_generic)
+        """Every symbol of the bundled real snapshot, any status (see the module docstring)."""
+        return cls(bundled_instruments(tradable_only=False), allow_generic, bundled_status())
 
     def get(self, symbol: str, price: float) -> Instrument | None:
         inst = self.known.get(symbol)
+        status = self.status.get(symbol, "TRADING")
+        if inst is not None and status != "TRADING" and symbol not in self._noted:
+            self._noted.add(symbol)
+            log.warning("%s is %s in the exchangeInfo snapshot (%s): its last listed filters are used",
+                        symbol, status, BUNDLED.name)
         if inst is None and self.allow_generic:
             inst = generic_instrument(symbol, price)
             self.known[symbol] = inst

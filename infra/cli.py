@@ -5,16 +5,21 @@ import argparse
 import os
 import re
 import sys
+from datetime import datetime, timezone
+from pathlib import Path
 
 from rich.console import Console
 
-from infra.settings import REPO_ROOT, load_settings
+from infra.pipeline import DEFAULT_DAYS, DEFAULT_INTERVAL
+from infra.settings import load_settings
 
 
 def _interval_of(files: list[str] | None, given: str | None) -> str:
     if given:
         return given
-    name = " ".join(files or ["klines_1h"])
+    if not files:
+        return DEFAULT_INTERVAL
+    name = " ".join(files)
     m = re.search(r"[-_](\d+[mhdw])\b|[-_](\d+[mhdw])[-_.]", name)
     return (m.group(1) or m.group(2)) if m else "1m"
 
@@ -30,14 +35,15 @@ def cmd_run(args) -> int:
         return run_live(settings, console, trade_live=args.live,
                         symbols=args.symbols.split(",") if args.symbols else None)
     files = args.files or None
-    if files is None and args.full and (REPO_ROOT.parent / "shared" / "data" / "klines_1h").is_dir():
-        files = sorted(str(p) for p in (REPO_ROOT.parent / "shared" / "data" / "klines_1h").glob("*.csv"))
     interval = _interval_of(files, args.interval)
     try:
         plan = plan_backtest(files, args.symbols.split(",") if args.symbols else None, args.start, args.end,
-                             None if args.full else args.days, args.top if not args.full else 10_000, interval)
-        console.print(f"[bold]Backtest[/] {len(plan.symbols)} symbols x {interval}, {plan.klines:,} klines "
-                      f"({len(plan.files)} file(s)); scorer: {'heuristic' if not settings.model_path else settings.model_path}")
+                             None if args.full else args.days, None if args.full else args.top, interval)
+        period = " .. ".join(datetime.fromtimestamp(t / 1000, timezone.utc).strftime("%Y-%m-%d %H:%M")
+                             for t in (plan.start, plan.end))
+        console.print(f"[bold]Backtest[/] {len(plan.symbols)} symbols x {interval} (HTF {settings.htf_factor} x {interval}), "
+                      f"{period} UTC, {plan.klines:,} klines ({', '.join(Path(f).name for f in plan.files)}); "
+                      f"scorer: {'heuristic' if not settings.model_path else settings.model_path}")
         res = run_backtest(settings, plan, explicit_broker="SMC_KAFKA_BOOTSTRAP" in os.environ, console=console,
                            report_dir=args.report_dir, progress=not args.no_progress)
     except PipelineError as exc:
@@ -182,14 +188,17 @@ def main(argv: list[str] | None = None) -> int:
     sub = ap.add_subparsers(dest="cmd", required=True)
 
     r = sub.add_parser("run", help="the main job: replay recorded klines through the whole pipeline and report")
-    r.add_argument("--files", nargs="*", help="recorded klines (Parquet/CSV); default: ingest/recorded/klines_1h.parquet")
-    r.add_argument("--symbols", help="comma-separated symbols (default: the --top most traded)")
-    r.add_argument("--top", type=int, default=24, help="how many symbols when --symbols is not given (default 24)")
-    r.add_argument("--days", type=float, default=30, help="the last N days of the data (default 30)")
+    r.add_argument("--files", nargs="*", help="recorded klines (Parquet/CSV); default: ingest/recorded/perps_1m_2025-05.parquet "
+                   "(18 Binance USD-M perpetuals, 1m)")
+    r.add_argument("--symbols", help="comma-separated symbols (default: all symbols of the files, or --top)")
+    r.add_argument("--top", type=int, default=None,
+                   help="only the N symbols with the most notional in the day BEFORE the period (point in time)")
+    r.add_argument("--days", type=float, default=DEFAULT_DAYS,
+                   help=f"the last N days of the data (default {DEFAULT_DAYS:g}: the main job in ~3 min on 2 cores)")
     r.add_argument("--start", help="period start (ISO date or ms)")
     r.add_argument("--end", help="period end, exclusive (ISO date or ms)")
-    r.add_argument("--interval", help="bar interval of the files (default: from the file name, e.g. 1h)")
-    r.add_argument("--full", action="store_true", help="all symbols and the whole period (../shared data when present)")
+    r.add_argument("--interval", help="bar interval of the files (default: from the file name, e.g. 1m)")
+    r.add_argument("--full", action="store_true", help="all symbols and the whole period of the files")
     r.add_argument("--scorer", choices=["model", "heuristic"], default="model",
                    help="model: models/lgbm_smc.txt (default); heuristic: the spec's fallback score")
     r.add_argument("--report-dir", help="where the HTML/PNG report goes (default reports/<run>)")
@@ -240,7 +249,8 @@ def main(argv: list[str] | None = None) -> int:
     t.add_argument("--start", help="first bar open time to diff (ISO or ms)")
     t.add_argument("--end", help="end of the diffed range, exclusive (ISO or ms)")
     t.add_argument("--into", help="namespace of the replay (default <source>.replay-<n>)")
-    t.add_argument("--interval", default="1h")
+    t.add_argument("--interval", default=DEFAULT_INTERVAL,
+                   help="bar interval when the run's saved settings are not found (they carry it)")
     t.set_defaults(fn=cmd_replay_topic)
 
     h = sub.add_parser("htf-bars", help="the M5 (HTF) bars a run's processors keep in their windowed table")

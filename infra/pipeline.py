@@ -25,8 +25,18 @@ from infra.services import BrokerHandle, ProcessorWorker
 from infra.settings import REPO_ROOT, Settings, to_env
 
 RECORDED = REPO_ROOT / "ingest" / "recorded"
-SHARED_1H = REPO_ROOT.parent / "shared" / "data" / "klines_1h"
-DEFAULT_FILE = RECORDED / "klines_1h.parquet"
+# the product's market and timeframe: real Binance USD-M perpetuals, 1m bars (M5 context from them);
+# the spot / mixed 1h files (klines_1h*.parquet) are never a default
+DEFAULT_FILE = RECORDED / "perps_1m_2025-05.parquet"
+DEFAULT_INTERVAL = "1m"
+# `bash infra/bootstrap.sh run`: the last 5 days of DEFAULT_FILE (2025-05-29 15:32 .. 06-03 15:31 UTC),
+# all 18 perps, 129,600 klines: 140 s with the shipped model, 119 s with the heuristic (1,139 trades)
+# on this 2-core machine shared with other jobs (load ~5; 7 days took 135 s and 214 s). Every one of
+# the 18 symbols trades over the whole span (DOGEUSDT and DOTUSDT start on 2025-05-25). --days widens
+# it, --full takes the whole month. README "Two commands" has the figures.
+DEFAULT_DAYS = 5.0
+UNIVERSE_LOOKBACK_DAYS = 1.0    # --top ranks symbols by notional over this window BEFORE the period
+DAY_MS = 86_400_000
 AUDIT_TOPICS = ("klines", "signals", "decisions", "orders", "fills", "positions", "equity", "alerts", "dlq")
 
 
@@ -66,31 +76,59 @@ def _ms(value: str | int | None) -> int | None:
     return int(dt.timestamp() * 1000)
 
 
+def notional_by_symbol(df: pl.DataFrame) -> pl.DataFrame:
+    """Traded notional (quote volume) per symbol over the rows given, largest first (ties by name)."""
+    return (df.group_by("symbol").agg(pl.col("quote_volume").sum().alias("notional"))
+            .sort(["notional", "symbol"], descending=[True, False]))
+
+
+def select_universe(df: pl.DataFrame, at: int, top: int, lookback_ms: int) -> list[str]:
+    """Point in time: the `top` symbols by notional over [at - lookback_ms, at), i.e. only bars that
+    had CLOSED before `at` (close_time < at). No bar at or after `at` can change the choice
+    (tests/pipeline/test_universe.py proves it with a prefix of the data). A symbol with no bar in the
+    window is not chosen: it was not known to trade yet."""
+    past = df.filter((pl.col("open_time") >= at - lookback_ms) & (pl.col("close_time") < at))
+    if past.is_empty():
+        raise PipelineError(f"--top {top}: no bars in the {lookback_ms / DAY_MS:g} day(s) before the period's start "
+                            f"({_iso(at)}) to rank symbols by; start later, or name them with --symbols")
+    return notional_by_symbol(past)["symbol"].head(top).to_list()
+
+
+def _iso(ms: int) -> str:
+    return datetime.fromtimestamp(ms / 1000, timezone.utc).strftime("%Y-%m-%d %H:%M")
+
+
 def plan_backtest(files: list[str] | None, symbols: list[str] | None, start: str | None, end: str | None,
-                  days: float | None, top: int, interval: str) -> BacktestPlan:
-    """Choose the data: explicit files/symbols/period, else the `top` most traded symbols of the last `days`."""
+                  days: float | None, top: int | None, interval: str = DEFAULT_INTERVAL,
+                  lookback_days: float = UNIVERSE_LOOKBACK_DAYS) -> BacktestPlan:
+    """Choose the data: explicit files / symbols / period, else the last `days` of DEFAULT_FILE.
+
+    Symbols: `symbols` when given; else all of the files' symbols (`top` None or 0); else the `top`
+    by notional over the `lookback_days` before the period's start (select_universe: point in time,
+    chosen once for the whole run, so a symbol never leaves the replay while a position is open)."""
     from ingest.replay import ReplayError, load_klines
     files = [str(f) for f in (files or [DEFAULT_FILE])]
     for f in files:
         if not Path(f).exists():
             raise PipelineError(f"data file not found: {f}")
     try:
-        df = load_klines(files, symbols=symbols or None, start=_ms(start), end=_ms(end), interval=interval)
+        df = load_klines(files, symbols=symbols or None, start=None, end=_ms(end), interval=interval)
     except ReplayError as exc:
         raise PipelineError(str(exc)) from None
-    if days and not start:
-        last = int(df["open_time"].max())
-        df = df.filter(pl.col("open_time") > last - int(days * 86_400_000))
-    if not symbols:
-        vol_col = "quote_volume" if "quote_volume" in df.columns else "volume"
-        ranked = (df.group_by("symbol").agg((pl.col(vol_col) * (pl.col("close") if vol_col == "volume" else 1)).sum()
-                                            .alias("notional"))
-                  .sort(["notional", "symbol"], descending=[True, False]))
-        symbols = ranked["symbol"].head(top).to_list()
+    t0 = _ms(start)
+    if t0 is None and days:
+        t0 = int(df["close_time"].max()) + 1 - int(days * DAY_MS)    # the last `days` x 24 h of bars
+    if t0 is None:
+        t0 = int(df["open_time"].min())
+    if not symbols and top:
+        symbols = select_universe(df, t0, top, int(lookback_days * DAY_MS))
+    df = df.filter(pl.col("open_time") >= t0)
+    if symbols:
         df = df.filter(pl.col("symbol").is_in(symbols))
     if df.is_empty():
         raise PipelineError("the chosen symbols and period hold no klines")
-    return BacktestPlan(files=files, symbols=sorted(symbols), start=int(df["open_time"].min()),
+    chosen = sorted(symbols) if symbols else sorted(df["symbol"].unique().to_list())
+    return BacktestPlan(files=files, symbols=chosen, start=int(df["open_time"].min()),
                         end=int(df["open_time"].max()) + 1, interval=interval, klines=df.height)
 
 

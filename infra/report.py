@@ -146,6 +146,9 @@ def build_report(store: AuditStore, out_dir: str | Path, start_equity: float, pl
               "tier": group_pnl(trades, lambda t: tier_of(t.confidence)),
               "exit_reason": group_pnl(trades, lambda t: t.exit_reason)}
     summary["baselines"] = load_baselines(store)
+    # --- sizing per tier (issue 15): risk intended vs taken, how often the cap bound ---
+    from infra.sizing_report import load_entry_sizing, sizing_by_tier
+    summary["sizing_by_tier"] = sizing_by_tier(load_entry_sizing(store))
     images = _plots(trades, ts, eq, start_equity, out)
     (out / "summary.json").write_bytes(orjson.dumps({"summary": summary, "groups": groups},
                                                     option=orjson.OPT_INDENT_2 | orjson.OPT_SORT_KEYS))
@@ -177,7 +180,8 @@ def _html(summary: dict, groups: dict, trades: list[Trade], images: dict[str, st
     return f"""<!doctype html><html><head><meta charset="utf-8"><title>SMC-Quant run report</title>
 <style>body{{font-family:system-ui,sans-serif;margin:2em;max-width:1100px}}table{{border-collapse:collapse;margin:1em 0}}
 td,th{{border:1px solid #ccc;padding:3px 8px;text-align:right}}th{{background:#f3f3f3}}img{{max-width:100%}}</style></head>
-<body><h1>SMC-Quant run report</h1><p><b>{html.escape(verdict(summary))}</b></p><table>{kv}</table><h2>Decisions</h2>{dec}{imgs}{grp}
+<body><h1>SMC-Quant run report</h1><p><b>{html.escape(verdict(summary))}</b></p><table>{kv}</table><h2>Decisions</h2>{dec}
+<h2>Sizing by risk tier (intended vs taken, % of equity; how often the position cap bound)</h2>{_table_html(summary.get("sizing_by_tier", []))}{imgs}{grp}
 <h2>Trades ({len(trades)})</h2>{_table_html(tlist)}</body></html>"""
 
 
@@ -220,6 +224,14 @@ def _print(console: Console, summary: dict, groups: dict, out: Path) -> None:
     base = baseline_text(summary.get("baselines"))
     if base:
         console.print(f"baselines: {base}")
+    if summary.get("sizing_by_tier"):
+        z = Table(title="Sizing by risk tier (% of equity)")
+        for col in ("tier", "entries", "cap bound", "intended", "taken", "taken/intended"):
+            z.add_column(col, justify="right")
+        for r in summary["sizing_by_tier"]:
+            z.add_row(f"{r['tier_risk_pct']:g} %", str(r["entries"]), f"{r['cap_bound']} ({r['cap_bound_pct']:.0f} %)",
+                      f"{r['risk_intended_pct']:.3f}", f"{r['risk_taken_pct']:.3f}", f"{r['taken_over_intended']:.2f}")
+        console.print(z)
     note = verdict(summary)
     if note:
         console.print(f"[yellow]{note}[/]")

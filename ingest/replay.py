@@ -198,7 +198,8 @@ class ReplayStats:
 def replay(settings, files: Sequence[str | Path], symbols: Iterable[str] | None = None,
            start: int | str | None = None, end: int | str | None = None, interval: str = "1m",
            speed: float = 0.0, progress: bool = True, producer=None, symbol: str | None = None,
-           sleep: Callable[[float], None] = time.sleep) -> ReplayStats:
+           sleep: Callable[[float], None] = time.sleep,
+           clock: Callable[[], float] = time.monotonic) -> ReplayStats:
     """Produce the selected recorded klines to `klines` (key = symbol) in (open_time, symbol) order.
 
     speed <= 0: as fast as possible; speed = S: S seconds of market time per wall second (60 replays
@@ -234,7 +235,6 @@ def replay(settings, files: Sequence[str | Path], symbols: Iterable[str] | None 
             except BufferError:
                 producer.poll(0.05)
 
-    wall0 = time.monotonic()
     market0 = stats.first_open_time
     bar = None
     if progress:
@@ -242,6 +242,7 @@ def replay(settings, files: Sequence[str | Path], symbols: Iterable[str] | None 
         bar = Progress(TextColumn("replay"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn())
         bar.start()
         task = bar.add_task("replay", total=stats.rows)
+    wall0 = clock()       # after the progress bar's start-up: pacing counts from the first bar
     try:
         last_ot = None
         done = 0
@@ -253,7 +254,7 @@ def replay(settings, files: Sequence[str | Path], symbols: Iterable[str] | None 
                 continue
             if speed and speed > 0 and item.open_time != last_ot:
                 due = wall0 + (item.open_time - market0) / 1000.0 / speed
-                delay = due - time.monotonic()
+                delay = due - clock()
                 if delay > 0:
                     producer.poll(0)
                     sleep(delay)

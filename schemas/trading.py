@@ -35,10 +35,12 @@ class Decision:
     action: str            # enter | skip | exit
     reason: str            # enter: ok | notional_cap; skip: flat, below_threshold, timeframe, daily_loss_limit,
                            # already_in_position, max_positions, zero_distance, invalid_prices, min_notional,
-                           # min_qty, unknown_symbol; exit: max_hold | stagnation | manual (executor.strategy/exits)
+                           # min_qty, unknown_symbol, stop_too_tight; exit: max_hold | stagnation | manual
+                           # (executor.strategy/risk/exits)
     confidence: float
-    risk_pct: float = 0.0
+    risk_pct: float = 0.0  # the tier's intended risk, fraction of equity
     qty: float = 0.0
+    equity: float = 0.0    # the account equity the sizing used (entries): risk taken = qty x stop distance / equity
     wall_ts: int = 0
     v: int = SCHEMA_VERSION
 

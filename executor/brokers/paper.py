@@ -5,13 +5,15 @@
   (`taker_fee`, Binance USD-M regular 0.05 %).
 * STOP_MARKET / TAKE_PROFIT_MARKET rest until a bar's range reaches them (executor.exits.intrabar_exit:
   gaps fill at the open, both-in-one-bar -> the stop), then fill like a market order (slippage, taker).
-* Funding is charged by the engine at each symbol's funding stamps (`funding_interval_h`), with the
-  rate from `funding_rate` (static in paper mode: fundingIntervalHours would come from
-  GET /fapi/v1/fundingInfo live).
+* Funding is charged by the engine at each REAL settlement of the symbol, with its real rate, on the
+  position's mark-price notional (executor.funding; the history is ExecutorConfig.funding, loaded
+  from ingest/recorded/funding_*.parquet). `funding_rate` / `default_funding_h` are only the
+  estimate outside the history's span (live paper trading), and such settlements are counted as
+  estimated (EngineStats.funding_estimated) and logged.
 """
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 
 from executor.brokers.base import Broker, FillEvent, OrderUpdate
 from executor.exits import intrabar_exit
@@ -23,12 +25,12 @@ class PaperConfig:
     slippage_bps: float = 1.0
     taker_fee: float = 0.0005
     maker_fee: float = 0.0002
-    funding_rate: float = 0.0001
-    default_funding_h: int = 8
-    funding_interval_h: dict = field(default_factory=dict)   # symbol -> hours (4 or 8)
+    funding_rate: float = 0.0001      # estimate outside the real funding history (counted, logged)
+    default_funding_h: int = 8        # interval of that estimate for a symbol without any history
 
-    def funding_hours(self, symbol: str) -> int:
-        return int(self.funding_interval_h.get(symbol, self.default_funding_h))
+    def round_trip_cost(self) -> float:
+        """Cost of entering and leaving at market, as a fraction of notional: taker fee + slippage, twice."""
+        return 2.0 * (self.taker_fee + self.slippage_bps / 10_000.0)
 
 
 def slipped_price(order_side: str, price: float, slippage_bps: float) -> float:

@@ -553,7 +553,8 @@ def test_bench_backtest_replay_speed(settings, namespace, tmp_path, throughput: 
 
     s = settings.with_(model_path="")
     database = f"db_{namespace}"
-    plan = plan_backtest(None, None, None, None, days=30, top=60, interval="1h")
+    from infra.pipeline import DEFAULT_DAYS
+    plan = plan_backtest(None, None, None, None, days=DEFAULT_DAYS, top=None)   # the main job's defaults: 1m perps
     quiet = Console(file=io.StringIO(), width=120)
     try:
         t = time.perf_counter()
@@ -570,7 +571,7 @@ def test_bench_backtest_replay_speed(settings, namespace, tmp_path, throughput: 
     assert n == plan.klines and result.counts["signals"] > 0
     rate = n / wall
     tm = result.timings
-    tab = Table(title=f"[3] whole pipeline (smc run): {len(plan.symbols)} symbols x 30 days of 1h = {n:,} klines, heuristic scorer")
+    tab = Table(title=f"[3] whole pipeline (smc run): {len(plan.symbols)} USD-M perps x {DEFAULT_DAYS:g} days of 1m = {n:,} klines, heuristic scorer")
     tab.add_column("stage")
     tab.add_column("seconds", justify="right")
     tab.add_column("klines/s", justify="right")

@@ -97,22 +97,22 @@ def test_max_hold_exit_after_two_hours():
     assert reasons == [(120, "max_hold")]        # bar T0+120m ends at T0+121m = fill + 2 h
 
 
-def test_funding_at_stamps_4h_vs_8h():
-    def run(hours):
-        eng = make_engine(paper=PaperConfig(funding_interval_h=hours),
-                          exits=ExitRules(max_hold_ms=24 * HOUR, stagnation_after_ms=24 * HOUR))
-        eng.process(bar("ETHUSDT", T0, 2_000, 2_000, 2_000, 2_000, "short", 0.9, 2_000, 2_100, 1_800))
-        eng.process(bar("ETHUSDT", T0 + MIN, 2_000, 2_000, 2_000, 2_000))
-        eng.process(bar("ETHUSDT", T0 + 4 * HOUR - MIN, 2_005, 2_005, 2_005, 2_005))
-        eng.process(bar("ETHUSDT", T0 + 4 * HOUR, 2_010, 2_010, 2_010, 2_010))
-        eng.process(bar("ETHUSDT", T0 + 8 * HOUR, 2_020, 2_020, 2_020, 2_020))
-        return eng.portfolio
+def test_funding_without_a_history_is_estimated_and_counted():
+    # no real funding record for the symbol (ExecutorConfig() has an empty history): the settlement is
+    # estimated on the 8h UTC grid at PaperConfig.funding_rate, and counted as such (the real history:
+    # tests/executor/test_exec_funding.py)
+    eng = make_engine(exits=ExitRules(max_hold_ms=24 * HOUR, stagnation_after_ms=24 * HOUR))
+    eng.process(bar("ETHUSDT", T0, 2_000, 2_000, 2_000, 2_000, "short", 0.9, 2_000, 2_100, 1_800))
+    eng.process(bar("ETHUSDT", T0 + MIN, 2_000, 2_000, 2_000, 2_000))
+    eng.process(bar("ETHUSDT", T0 + 4 * HOUR, 2_010, 2_010, 2_010, 2_010))
+    assert eng.portfolio.funding == 0.0 and eng.stats.funding_estimated == 0
+    eng.process(bar("ETHUSDT", T0 + 8 * HOUR, 2_020, 2_020, 2_020, 2_020))
+    p = eng.portfolio
     # short 0.5 ETH (cap: 1 000 / 2 000): shorts receive a positive rate: -qty * open * 0.0001
-    assert run({}).funding == pytest.approx(-0.5 * 2_020 * 0.0001)
-    p4 = run({"ETHUSDT": 4})
-    assert p4.funding == pytest.approx(-0.5 * 2_010 * 0.0001 - 0.5 * 2_020 * 0.0001)
-    pos = next(iter(p4.positions.values()))
-    assert pos.funding == pytest.approx(p4.funding) and p4.cash == pytest.approx(10_000 - pos.fees - p4.funding)
+    assert p.funding == pytest.approx(-0.5 * 2_020 * 0.0001)
+    assert eng.stats.funding_estimated == 1
+    pos = next(iter(p.positions.values()))
+    assert pos.funding == pytest.approx(p.funding) and p.cash == pytest.approx(10_000 - pos.fees - p.funding)
 
 
 def test_daily_loss_limit_halts_until_next_day():

@@ -79,3 +79,25 @@ def test_symbol_missing_from_the_snapshot_is_skipped_by_name_unless_generic_is_o
     assert d.action == "enter"
     assert config_from_env(10_000, {"SMC_EXEC_GENERIC_INSTRUMENTS": "1"}).generic_instruments
     assert not config_from_env(10_000, {}).generic_instruments
+
+
+def test_every_symbol_of_the_recorded_perps_sets_has_real_filters_or_is_skipped_by_name(caplog):
+    """2025-05 (18) and 2025-02 (8): all in the real snapshot. 2023-07 (18): EOSUSDT is SETTLING there
+    (delisted 2025-05): its last listed filters are used, said once; MATICUSDT (delisted 2024) is in
+    neither real snapshot of shared/data/binance: skipped as unknown_symbol, never generic."""
+    import polars as pl
+    from exec_helpers import ROOT
+    book = InstrumentBook.default()
+    trading = bundled_instruments()
+    for name, absent, not_trading in (("2025-05", set(), set()), ("2025-02", set(), set()),
+                                      ("2023-07", {"MATICUSDT"}, {"EOSUSDT"})):
+        symbols = set(pl.read_parquet(ROOT / "ingest" / "recorded" / f"perps_1m_{name}.parquet", columns=["symbol"])["symbol"])
+        assert {s for s in symbols if s not in book.known} == absent, name
+        assert {s for s in symbols if s in book.known and s not in trading} == not_trading, name
+    eos = book.get("EOSUSDT", 0.7)
+    assert eos is not None and eos.tick_size == 0.001 and "EOSUSDT is SETTLING" in caplog.text
+    assert book.get("MATICUSDT", 0.7) is None and "no exchangeInfo for MATICUSDT" in caplog.text
+    eng = Engine(ExecutorConfig(), PaperBroker(ExecutorConfig().paper))
+    (d,) = [r for r in eng.process(bar("MATICUSDT", T0, 0.7, 0.7, 0.7, 0.7, "long", 0.9, 0.7, 0.69, 0.72))
+            if isinstance(r, Decision)]
+    assert (d.action, d.reason) == ("skip", "unknown_symbol")

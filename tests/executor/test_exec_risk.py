@@ -96,3 +96,67 @@ def test_exchange_info_parser_reads_real_sample():
     btc = book["BTCUSDT"]
     assert (btc.tick_size, btc.step_size, btc.market_step_size, btc.min_notional, btc.min_qty) == (0.1, 0.001, 0.001, 10.0, 0.001)
     assert book["ETHUSDT"].tick_size == 0.01
+
+
+# --- the explicit position cap and the strategy knobs (issue 15) --------------------------------
+
+def test_margin_cap_at_leverage_scales_the_notional_cap():
+    from executor.risk import RiskConfig, max_notional
+    # 0.5 % of 10 000 = 50 at risk; stop 0.5 % away (100 -> 99.5): wants 10 000 notional = 100 units
+    seed = size_position("long", 0.61, 100.0, 99.5, 101.0, 10_000.0, INST)
+    assert (seed.qty, seed.reason, seed.capped) == (10.0, "notional_cap", True)      # 10 % of equity: 1 000
+    lev = RiskConfig(cap="margin", max_notional_pct=0.10, leverage=5.0)              # margin 10 % at 5x: 5 000
+    assert max_notional(10_000.0, lev) == pytest.approx(5_000.0)
+    m = size_position("long", 0.61, 100.0, 99.5, 101.0, 10_000.0, INST, cfg=lev)
+    assert (m.qty, m.reason) == (50.0, "notional_cap") and m.notional == pytest.approx(5_000.0)
+    big = RiskConfig(cap="margin", max_notional_pct=0.10, leverage=20.0)             # 20 000 > 10 000: risk decides
+    r = size_position("long", 0.61, 100.0, 99.5, 101.0, 10_000.0, INST, cfg=big)
+    assert (r.qty, r.reason, r.capped) == (100.0, "ok", False)
+    assert r.qty * 0.5 == pytest.approx(50.0)        # exactly the tier's risk
+    # the leverage only counts for a margin cap
+    assert max_notional(10_000.0, RiskConfig(leverage=20.0)) == pytest.approx(1_000.0)
+
+
+def test_min_stop_distance_as_a_multiple_of_the_round_trip_cost():
+    from executor.brokers.paper import PaperConfig
+    from executor.risk import RiskConfig
+    rtc = PaperConfig().round_trip_cost()
+    assert rtc == pytest.approx(2 * (0.0005 + 0.0001))                  # 0.12 %: taker + 1 bp, both sides
+    cfg = RiskConfig(min_stop_cost_multiple=3.0, round_trip_cost=rtc)   # stop >= 0.36 % of the entry
+    tight = size_position("long", 0.9, 100.0, 99.65, 101.0, 10_000.0, INST, cfg=cfg)
+    assert (tight.ok, tight.reason) == (False, "stop_too_tight")
+    edge = size_position("long", 0.9, 100.0, 99.64, 101.0, 10_000.0, INST, cfg=cfg)    # exactly 0.36 %
+    assert edge.ok and edge.reason == "notional_cap"
+    short = size_position("short", 0.9, 100.0, 100.35, 99.0, 10_000.0, INST, cfg=cfg)
+    assert short.reason == "stop_too_tight"
+    assert size_position("long", 0.9, 100.0, 99.65, 101.0, 10_000.0, INST).ok      # default: no minimum
+
+
+@pytest.mark.parametrize("kw,match", [({"cap": "equity"}, "cap="), ({"leverage": 0.5}, "leverage"),
+                                      ({"max_notional_pct": 0.0}, "max_notional_pct"),
+                                      ({"min_stop_cost_multiple": 2.0}, "round_trip_cost")])
+def test_bad_risk_settings_fail_clearly(kw, match):
+    from executor.risk import RiskConfig
+    with pytest.raises(ValueError, match=match):
+        RiskConfig(**kw)
+
+
+def test_env_knobs_default_to_the_seed_rules_and_are_read():
+    from executor.config import config_from_env
+    from executor.exits import ExitRules
+    from executor.risk import RiskConfig
+    seed = config_from_env(10_000.0, env={"SMC_EXEC_FUNDING_FILES": "none"})
+    r = seed.strategy.risk
+    assert (r.cap, r.max_notional_pct, r.leverage, r.min_stop_cost_multiple) == ("notional", 0.10, 1.0, 0.0)
+    assert r.tiers == RiskConfig().tiers and seed.strategy.target_r_multiple == 0.0
+    assert seed.exits == ExitRules() and (ExitRules().max_hold_ms, ExitRules().stagnation_after_ms,
+                                          ExitRules().stagnation_pct) == (7_200_000, 1_800_000, 0.001)
+    c = config_from_env(10_000.0, env={"SMC_EXEC_FUNDING_FILES": "none", "SMC_EXEC_CAP": "margin",
+                                       "SMC_EXEC_CAP_PCT": "0.2", "SMC_EXEC_LEVERAGE": "10",
+                                       "SMC_EXEC_MIN_STOP_COST_X": "2", "SMC_EXEC_TARGET_R": "1.5",
+                                       "SMC_EXEC_MAX_HOLD_MIN": "60", "SMC_EXEC_STAGNATION_MIN": "15",
+                                       "SMC_EXEC_STAGNATION_PCT": "0.002", "SMC_EXEC_TAKER_FEE": "0.0004"})
+    r = c.strategy.risk
+    assert (r.cap, r.max_notional_pct, r.leverage, r.min_stop_cost_multiple) == ("margin", 0.2, 10.0, 2.0)
+    assert r.round_trip_cost == pytest.approx(2 * (0.0004 + 0.0001)) and c.strategy.target_r_multiple == 1.5
+    assert c.exits == ExitRules(max_hold_ms=3_600_000, stagnation_after_ms=900_000, stagnation_pct=0.002)

@@ -24,15 +24,15 @@ def _env(settings, **extra):
 def test_replay_cli_errors_are_clear(settings):
     from ingest.__main__ import main
     assert main(["replay", "--files", str(RECORDED / "missing.parquet"), "--no-progress"]) == 2
-    assert main(["replay", "--files", str(RECORDED / "klines_1h.parquet"), "--interval", "1h",
+    assert main(["replay", "--files", str(RECORDED / "perps_1m_2025-05.parquet"), "--interval", "1m",
                  "--symbols", "NOPEUSDT", "--no-progress"]) == 2
 
 
 @pytest.mark.kafka
 def test_replay_cli_subprocess(settings):
-    r = subprocess.run([sys.executable, "-m", "ingest", "replay", "--files", str(RECORDED / "klines_1h.parquet"),
-                        "--interval", "1h", "--symbols", "BTCUSDT,ETHUSDT", "--start", "2026-05-01",
-                        "--end", "2026-05-02", "--no-progress"],
+    r = subprocess.run([sys.executable, "-m", "ingest", "replay", "--files", str(RECORDED / "perps_1m_2025-05.parquet"),
+                        "--interval", "1m", "--symbols", "BTCUSDT,ETHUSDT", "--start", "2025-05-20T00:00",
+                        "--end", "2025-05-20T00:24", "--no-progress"],
                        cwd=REPO_ROOT, env=_env(settings), capture_output=True, text=True, timeout=120)
     assert r.returncode == 0, r.stderr
     assert "replayed 48 klines of 2 symbols" in r.stdout

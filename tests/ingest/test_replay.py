@@ -10,7 +10,8 @@ from conftest import RECORDED, SHARED_DATA
 from ingest.replay import (ReplayError, frame_to_klines, load_klines, parse_time, replay, symbol_from_filename)
 from schemas import Kline, decode_kline, decode_reject
 
-H1 = RECORDED / "klines_1h.parquet"
+H1 = RECORDED / "klines_1h.parquet"           # spot and perps mixed, 1h: only its own layout check below
+PERPS = RECORDED / "perps_1m_2025-05.parquet"  # the main job's data: real USD-M perps, 1m
 M1 = RECORDED / "klines_1m_btc.parquet"
 ADA = sorted(RECORDED.glob("BINANCE-SPOT-ADABTC-1m-*.csv"))
 
@@ -32,9 +33,9 @@ def test_parse_time():
         parse_time("yesterday")
 
 
-def test_load_1h_volume_layout_sorted_and_filtered():
-    raw = pl.read_parquet(H1)
-    df = load_klines([H1], symbols=["ETHUSDT", "BTCUSDT"], interval="1h")
+def test_load_perps_volume_layout_sorted_and_filtered():
+    raw = pl.read_parquet(PERPS)
+    df = load_klines([PERPS], symbols=["ETHUSDT", "BTCUSDT"], interval="1m")
     assert df.height == raw.filter(pl.col("symbol").is_in(["BTCUSDT", "ETHUSDT"])).height
     # merged by open_time, then symbol
     keys = list(zip(df["open_time"].to_list(), df["symbol"].to_list()))
@@ -43,6 +44,7 @@ def test_load_1h_volume_layout_sorted_and_filtered():
     row = df.row(0, named=True)
     assert row["quote_volume"] == pytest.approx(row["volume"] * row["close"])
     assert row["trades"] == 0
+    assert (df["close_time"] - df["open_time"]).unique().to_list() == [59_999]
 
 
 def test_load_1m_quote_volume_layout_and_range():
@@ -70,6 +72,7 @@ def test_load_binance_dump_layout():
 
 
 def test_shared_csv_layout_matches_parquet():
+    # the spot / mixed 1h file (not perps: ingest/recorded/SOURCES.md) still reads like its CSV source
     csv = SHARED_DATA / "klines_1h" / "BTCUSDT-1h.csv"
     if not csv.exists():
         pytest.skip("shared data not present in this clone")
@@ -82,9 +85,9 @@ def test_clear_errors():
     with pytest.raises(ReplayError, match="not found"):
         load_klines([RECORDED / "nope.parquet"])
     with pytest.raises(ReplayError, match=r"unknown symbol\(s\) \['NOPEUSDT'\]"):
-        load_klines([H1], symbols=["BTCUSDT", "NOPEUSDT"], interval="1h")
+        load_klines([PERPS], symbols=["BTCUSDT", "NOPEUSDT"])
     with pytest.raises(ReplayError, match="empty period"):
-        load_klines([H1], symbols=["BTCUSDT"], start="2001-01-01", end="2001-02-01", interval="1h")
+        load_klines([PERPS], symbols=["BTCUSDT"], start="2001-01-01", end="2001-02-01")
     with pytest.raises(ReplayError, match="no replay files"):
         load_klines([])
 
@@ -159,7 +162,9 @@ def test_replay_bad_rows_go_to_dlq(settings, tmp_path):
 @pytest.mark.kafka
 def test_replay_speed_factor_paces_by_market_time(settings):
     slept = []
-    stats = replay(settings, ADA, speed=60.0, progress=True, sleep=slept.append)
+    # a stopped clock: each delay is exactly the bar's due time, not at the mercy of a loaded machine
+    # (with the wall clock the first delay was 0.91 s instead of 1.0 under load)
+    stats = replay(settings, ADA, speed=60.0, progress=True, sleep=slept.append, clock=lambda: 0.0)
     span_s = (stats.last_open_time - stats.first_open_time) / 1000
     # the injected sleep does not sleep: each delay is the distance to the bar's due time, which grows
     # with market time / speed; the last bar is due span / speed after the first

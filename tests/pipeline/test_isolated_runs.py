@@ -63,13 +63,13 @@ _RUN_COUNTS = """
 import json, sys
 from infra.clickhouse import AuditStore, exclusive, run_database
 dsn, tag = sys.argv[1], sys.argv[2]
-out = {"klines": [], "signals_1h": []}
+out = {"klines": [], "signals_1m": []}
 with exclusive(dsn):
     for i in range(2):
         store = AuditStore(dsn, database=run_database(f"par{i}-{tag}"))
         _, rows = store.query(f"SELECT symbol, count() FROM {store.database}.klines FINAL GROUP BY symbol ORDER BY symbol")
         out["klines"].append([list(r) for r in rows])
-        out["signals_1h"].append(store.count("signals", "timeframe = '1h'"))
+        out["signals_1m"].append(store.count("signals", "timeframe = '1m'"))
     _, latest = store.query("SELECT uniqExact(symbol), count() FROM smc_latest.klines")
     out["latest"] = list(latest[0])
 print(json.dumps(out))
@@ -87,8 +87,8 @@ def test_two_concurrent_runs_both_succeed_with_their_own_data(kafka_bootstrap, t
                    SMC_CLICKHOUSE_DSN=f"chdb://{chdb}", SMC_NAMESPACE=f"par{i}-{tag}",
                    PYTHONPATH=str(REPO_ROOT))
         procs.append(subprocess.Popen(
-            [sys.executable, "-m", "infra.cli", "run", "--symbols", symbols, "--start", "2026-05-10", "--end",
-             "2026-05-13", "--scorer", "heuristic", "--no-progress", "--report-dir", str(tmp_path / f"r{i}")],
+            [sys.executable, "-m", "infra.cli", "run", "--symbols", symbols, "--start", "2025-05-20T00:00", "--end",
+             "2025-05-20T06:00", "--scorer", "heuristic", "--no-progress", "--report-dir", str(tmp_path / f"r{i}")],
             cwd=REPO_ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True))
     outs = [p.communicate(timeout=800)[0] for p in procs]
     for p, out in zip(procs, outs):
@@ -101,9 +101,9 @@ def test_two_concurrent_runs_both_succeed_with_their_own_data(kafka_bootstrap, t
     for i, symbols in enumerate(("BTCUSDT,ETHUSDT", "SOLUSDT,XRPUSDT")):
         rows = counts["klines"][i]
         assert [row[0] for row in rows] == sorted(symbols.split(","))
-        assert all(n == 72 for _, n in rows), rows                      # 3 days of 1h bars each
-        assert counts["signals_1h"][i] == 144
-    assert counts["latest"] == [2, 144]                                 # smc_latest: one of the two runs, whole
+        assert all(n == 360 for _, n in rows), rows                     # 6 hours of 1m perps bars each
+        assert counts["signals_1m"][i] == 720
+    assert counts["latest"] == [2, 720]                                 # smc_latest: one of the two runs, whole
     from infra import kafka_io
     from infra.settings import load_settings
     for i in range(2):

@@ -26,7 +26,8 @@ def two_runs(kafka_bootstrap, chdb_dsn, tmp_path_factory):
     from infra.settings import load_settings
     base = load_settings(env={}).with_(kafka_bootstrap=kafka_bootstrap, clickhouse_dsn=chdb_dsn,
                                        model_path="")   # the heuristic trades; the shipped model is too cautious
-    plan = plan_backtest(None, SYMBOLS, "2026-05-10", "2026-05-24", None, 0, "1h")
+    # the main job's own data: real USD-M perps, 1m (M5 context), two days
+    plan = plan_backtest(None, SYMBOLS, "2025-05-20", "2025-05-22", None, None, "1m")
     runs = []
     for i in range(2):
         d = tmp_path_factory.mktemp(f"run{i}")
@@ -63,10 +64,22 @@ def test_report_numbers_equal_the_audit_trail(two_runs):
     assert math.isclose(summary["win_rate"], int(wins) / trades)
     # every kline of the plan is in the audit trail once, and every base bar has its signal
     assert summary["klines"] == plan.klines == store.count("klines")
-    assert store.count("signals", "timeframe = '1h'") == plan.klines
+    assert store.count("signals", "timeframe = '1m'") == plan.klines
+    assert store.count("signals", "timeframe = '5m'") == plan.klines // 5
     # the shipped analytics views agree with the same trail
     _, tiers = store.query(f"SELECT sum(trades), round(sum(pnl), 4) FROM {db}.pnl_by_tier")
     assert tiers[0][0] == trades and math.isclose(tiers[0][1], round(summary["net_pnl"], 4), abs_tol=1e-3)
+    # sizing per tier: entries and cap-bound counts, and the risk taken, recomputed here in SQL
+    tiers = {r["tier_risk_pct"]: r for r in summary["sizing_by_tier"]}
+    _, rows = store.query(
+        f"SELECT round(d.risk_pct * 100, 6) AS tier, count(), countIf(d.reason = 'notional_cap'), "
+        f"avgIf(p.qty * abs(p.entry_price - p.stop) / d.equity * 100, p.entry_price > 0) "
+        f"FROM (SELECT * FROM {db}.decisions FINAL WHERE action = 'enter') AS d "
+        f"LEFT JOIN (SELECT * FROM {db}.positions FINAL) AS p ON p.signal_id = d.signal_id GROUP BY tier")
+    assert rows and {r[0] for r in rows} == set(tiers)
+    for tier, n, capped, taken in rows:
+        assert (tiers[tier]["entries"], tiers[tier]["cap_bound"]) == (n, capped)
+        assert math.isclose(tiers[tier]["risk_taken_pct"], taken, rel_tol=1e-9)
     for png in ("equity", "by_symbol", "by_pattern", "by_tier", "by_hour"):
         assert (Path(res.report_dir) / f"{png}.png").stat().st_size > 5_000
 
@@ -85,7 +98,7 @@ def test_topic_replay_is_identical_and_shows_a_changed_feature(two_runs, tmp_pat
     _, runs = two_runs
     s, res, _ = runs[0]
     src = s   # run_backtest saved its settings under <data_dir>/runs/<ns>: the replay scores the same way
-    same = replay_and_diff(src, start="2026-05-15", end="2026-05-20", into=f"{s.namespace}.r1")
+    same = replay_and_diff(src, start="2025-05-21", end="2025-05-21T06:00", into=f"{s.namespace}.r1")
     assert same.identical, same.render()
     assert same.compared > 100
 
@@ -102,7 +115,7 @@ def test_topic_replay_is_identical_and_shows_a_changed_feature(two_runs, tmp_pat
             return tuple(f)
         engine.features_scalar = features_scalar
     """))
-    changed = replay_and_diff(src, start="2026-05-15", end="2026-05-20", into=f"{s.namespace}.r2",
+    changed = replay_and_diff(src, start="2025-05-21", end="2025-05-21T06:00", into=f"{s.namespace}.r2",
                               extra_env={"PYTHONPATH": f"{patch}:{Path(__file__).resolve().parents[2]}"})   # this checkout, not the installed one
     assert not changed.identical
     assert not changed.missing and not changed.extra

@@ -30,8 +30,8 @@ def main_job_env(kafka_bootstrap, tmp_path_factory):
     d = tmp_path_factory.mktemp("readme")
     env = dict(os.environ, SMC_KAFKA_BOOTSTRAP=kafka_bootstrap, SMC_DATA_DIR=str(d),
                SMC_CLICKHOUSE_DSN=f"chdb://{d / 'chdb'}", SMC_NAMESPACE=f"readme-{d.name[-6:]}")
-    # the README's main command, shrunk to a few symbols and days; the heuristic so that it trades
-    out = subprocess.run(["bash", "infra/bootstrap.sh", "run", "--days", "10", "--top", "5", "--scorer", "heuristic",
+    # the README's main command (1m USD-M perps), shrunk to a few symbols and days; the heuristic so that it trades
+    out = subprocess.run(["bash", "infra/bootstrap.sh", "run", "--days", "2", "--top", "5", "--scorer", "heuristic",
                           "--no-progress", "--report-dir", str(d / "report")],
                          cwd=REPO_ROOT, env=env, capture_output=True, text=True, timeout=900)
     assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
