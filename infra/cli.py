@@ -11,7 +11,7 @@ from pathlib import Path
 from rich.console import Console
 
 from infra.pipeline import DEFAULT_DAYS, DEFAULT_INTERVAL
-from infra.settings import load_settings
+from infra.settings import REPO_ROOT, load_settings
 
 
 def _interval_of(files: list[str] | None, given: str | None) -> str:
@@ -79,6 +79,8 @@ def cmd_backtest(args) -> int:
     console.print(f"backtest: {res.counts}  timings: " + ", ".join(f"{k}={v:.1f}s" for k, v in res.timings.items())
                   + f"  ({plan.klines / max(total, 1e-9):,.0f} klines/s end to end)")
     return 0
+
+
 def cmd_sweep(args) -> int:
     from pathlib import Path
     from infra.pipeline import PipelineError, plan_backtest
@@ -209,9 +211,10 @@ def main(argv: list[str] | None = None) -> int:
 
     bt = sub.add_parser("backtest", help="research: the main job's code (processors, executor, paper broker) in one "
                         "process, no broker; the same records as `smc run` on the same data")
-    bt.add_argument("--files", nargs="*", help="recorded klines (Parquet/CSV); default: ingest/recorded/klines_1h.parquet")
-    bt.add_argument("--symbols", help="comma-separated symbols (default: the --top most traded)")
-    bt.add_argument("--top", type=int, default=24, help="how many symbols when --symbols is not given (default 24)")
+    bt.add_argument("--files", nargs="*", help="recorded klines (Parquet/CSV); default: ingest/recorded/perps_1m_2025-05.parquet")
+    bt.add_argument("--symbols", help="comma-separated symbols (default: all symbols of the files, or --top)")
+    bt.add_argument("--top", type=int, default=None,
+                    help="the N symbols with the most notional the day before the period (point in time)")
     bt.add_argument("--days", type=float, default=30, help="the last N days of the data (default 30)")
     bt.add_argument("--start", help="period start (ISO date or ms)")
     bt.add_argument("--end", help="period end, exclusive (ISO date or ms)")
