@@ -24,7 +24,9 @@ import polars as pl
 from processors.scoring import HeuristicScorer
 from processors.smc import FEATURE_NAMES, SmcConfig, compute_batch
 
-from .labels import REASONS, FundingSchedule, LabelConfig, simulate_trades
+from executor.funding import FundingHistory
+
+from .labels import REASONS, LabelConfig, simulate_trades
 
 HOUR_MS = 3_600_000
 MINUTE_MS = 60_000
@@ -96,7 +98,7 @@ def symbol_features(bars: pl.DataFrame, cfg: SmcConfig) -> pl.DataFrame:
 
 def candidates_from_frame(frame: pl.DataFrame, symbol: str, cfg: SmcConfig, label_cfg: LabelConfig,
                           warmup: int = DEFAULT_WARMUP, source: str = "",
-                          funding: FundingSchedule | None = None) -> pl.DataFrame:
+                          funding: FundingHistory | None = None) -> pl.DataFrame:
     """Labelled setup bars of one symbol's compute_batch frame (empty when the executor does not trade it)."""
     side_s = frame["setup_side"].to_numpy()
     side = np.where(side_s == "long", 1, np.where(side_s == "short", -1, 0)).astype(np.int8)
@@ -142,7 +144,7 @@ def candidates_from_frame(frame: pl.DataFrame, symbol: str, cfg: SmcConfig, labe
 
 def build_dataset(klines: pl.DataFrame, cfg: SmcConfig | None = None, label_cfg: LabelConfig = LabelConfig(),
                   warmup: int = DEFAULT_WARMUP, source: str = "", symbols: list[str] | None = None,
-                  funding: FundingSchedule | None = None, log=None) -> pl.DataFrame:
+                  funding: FundingHistory | None = None, log=None) -> pl.DataFrame:
     """All labelled candidates of all symbols, sorted by (t0, symbol)."""
     cfg = cfg or smc_config()
     parts = []

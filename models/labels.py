@@ -7,8 +7,8 @@ with the paper broker) does with it, and what this module calls to reproduce it:
   `executor.risk.round_prices` on the symbol's real tick (stop away from the entry, target toward it);
   a setup the sizing refuses for its prices (zero distance / invalid) is dropped, as the executor skips it;
 * entry: MARKET at the next bar's open, `executor.brokers.paper.slipped_price` + `taker_fee`;
-* per bar B1, B2, ... (the engine's order within a bar): funding stamps reached by the bar's open
-  (`FundingSchedule`), then the resting stop / target (`executor.exits.intrabar_exit`: gap -> the open,
+* per bar B1, B2, ... (the engine's order within a bar): funding settlements reached by the bar's open
+  (`executor.funding.FundingHistory.due` + `funding_payment`, on the recorded mark, else the bar's open), then the resting stop / target (`executor.exits.intrabar_exit`: gap -> the open,
   both in one bar -> the stop; fills at the level with slippage + taker fee at the bar's close time),
   then the time exits at the bar's end (`executor.exits.time_exit` with `ExitRules`: 2 h max hold,
   30-min stagnation under 0.1 %), which send a MARKET exit filling at the NEXT bar's open;
@@ -19,76 +19,25 @@ label = 1 iff the net PnL (after fees, slippage and funding) is > 0. `t1` = the 
 (used for purging). A setup whose trade is still open at the end of the series, or meets a hole in
 the bars, is dropped (outcome unknown).
 
-Funding (the hook for real funding): `ConstantFunding` is the engine's current rule (one rate, stamps on
-the UTC grid of `PaperConfig.funding_hours`); `RecordedFunding` charges the real settlements (real times,
-real rates) from ingest/recorded/funding_*.parquet on the bar's open price, as the engine charges them.
-When the executor charges real funding itself, its schedule object should be passed here instead.
+Funding: the engine's own history and rule (executor.funding): the real settlements (real times, rates
+and marks) of ingest/recorded/funding_*.parquet (executor.funding_source.load_funding_history), estimated
+at `PaperConfig.funding_rate` outside the recorded span, as the engine estimates them.
 """
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass, field
-from pathlib import Path
-from typing import Protocol
 
 import numpy as np
 
 from executor.brokers.paper import PaperConfig, slipped_price, taker_fee
 from executor.exits import ExitRules, intrabar_exit, time_exit
+from executor.funding import FundingHistory, funding_payment
 from executor.risk import round_prices
 from executor.strategy import derive_target
 
 HOUR_MS = 3_600_000
 REASONS = ("stop", "target", "max_hold", "stagnation")
 REASON_CODE = {r: i for i, r in enumerate(REASONS)}
-
-
-class FundingSchedule(Protocol):
-    def settlements(self, symbol: str, after_ms: int, upto_ms: int) -> list[tuple[int, float]]:
-        """[(settlement time, rate)] with after_ms < time <= upto_ms, in time order."""
-
-
-@dataclass(frozen=True)
-class ConstantFunding:
-    """The paper engine's rule on main: `paper.funding_rate` at every multiple of the symbol's interval."""
-    paper: PaperConfig = field(default_factory=PaperConfig)
-
-    def settlements(self, symbol: str, after_ms: int, upto_ms: int) -> list[tuple[int, float]]:
-        interval = self.paper.funding_hours(symbol) * HOUR_MS
-        out, stamp = [], (after_ms // interval + 1) * interval
-        while stamp <= upto_ms:
-            out.append((stamp, self.paper.funding_rate))
-            stamp += interval
-        return out
-
-
-class RecordedFunding:
-    """Real settlements (symbol, funding_time ms, funding_rate) from the recorded funding files."""
-
-    def __init__(self, frames) -> None:
-        import polars as pl
-        df = pl.concat([f.select(["symbol", "funding_time", "funding_rate"]) for f in frames]).unique().sort(
-            ["symbol", "funding_time"])
-        self._by: dict[str, tuple[np.ndarray, np.ndarray]] = {}
-        for (sym,), g in df.group_by(["symbol"], maintain_order=True):
-            self._by[sym] = (g["funding_time"].to_numpy().astype(np.int64), g["funding_rate"].to_numpy())
-        self.files: list[str] = []
-
-    @classmethod
-    def from_files(cls, paths) -> "RecordedFunding":
-        import polars as pl
-        obj = cls([pl.read_parquet(p) for p in paths])
-        obj.files = [Path(p).name for p in paths]
-        return obj
-
-    def symbols(self) -> list[str]:
-        return sorted(self._by)
-
-    def settlements(self, symbol: str, after_ms: int, upto_ms: int) -> list[tuple[int, float]]:
-        if symbol not in self._by:
-            raise KeyError(f"no funding history for symbol {symbol!r}")
-        t, r = self._by[symbol]
-        a, b = np.searchsorted(t, after_ms, side="right"), np.searchsorted(t, upto_ms, side="right")
-        return [(int(t[k]), float(r[k])) for k in range(a, b)]
 
 
 @dataclass(frozen=True)
@@ -114,11 +63,12 @@ class LabelConfig:
 def simulate_trades(symbol: str, idx: np.ndarray, side: np.ndarray, entry: np.ndarray, stop: np.ndarray,
                     target: np.ndarray, open_time: np.ndarray, o: np.ndarray, h: np.ndarray, lo: np.ndarray,
                     c: np.ndarray, interval_ms: int, tick: float, cfg: LabelConfig = LabelConfig(),
-                    funding: FundingSchedule | None = None) -> dict[str, np.ndarray]:
+                    funding: FundingHistory | None = None) -> dict[str, np.ndarray]:
     """Simulate the executor's trade for each setup bar `idx` of one symbol's series (side +1 / -1).
     Returns per-setup arrays aligned with `idx` plus `valid` (False = dropped). Amounts are per unit
     of quantity: gross, fees, slippage (cost vs. the unslipped prices), funding (> 0 = paid), pnl (net)."""
-    funding = funding if funding is not None else ConstantFunding(cfg.paper)
+    funding = funding if funding is not None else FundingHistory()   # none recorded: the engine's estimate
+    paper = cfg.paper
     n, m = len(o), len(idx)
     O, H, L, C, T = o.tolist(), h.tolist(), lo.tolist(), c.tolist(), np.asarray(open_time, np.int64).tolist()
     names = ("fill", "exit_price", "entry_r", "stop_r", "target_r", "gross", "fees", "slippage", "funding", "pnl", "r",
@@ -143,14 +93,16 @@ def simulate_trades(symbol: str, idx: np.ndarray, side: np.ndarray, entry: np.nd
         opened_at = T[i + 1]
         fund = 0.0
         # every settlement the trade can cross: the time exits close it by max hold + one bar
-        pending = funding.settlements(symbol, opened_at - 1, opened_at + rules.max_hold_ms + interval_ms)
+        pending = funding.due(symbol, opened_at - 1, opened_at + rules.max_hold_ms + interval_ms, paper.funding_rate,
+                              paper.default_funding_h)
         nxt = 0
         raw, j, why, end = 0.0, -1, "", 0
         for jj in range(i + 1, n):
             if T[jj] - T[jj - 1] != interval_ms:
                 break                                   # a hole in the data: the outcome is unknown
-            while nxt < len(pending) and pending[nxt][0] <= T[jj]:
-                fund += s * O[jj] * pending[nxt][1]     # charged on the bar's open, as the engine does
+            while nxt < len(pending) and pending[nxt].time <= T[jj]:
+                st_ = pending[nxt]                      # the engine's charge: recorded mark, else this bar's open
+                fund += funding_payment(sd, 1.0, st_.mark_price or O[jj], st_.rate)
                 nxt += 1
             hit = intrabar_exit(sd, st, tg, O[jj], H[jj], L[jj])
             if hit is not None:

@@ -20,10 +20,13 @@ import polars as pl
 
 from processors.smc import FEATURE_NAMES
 
+from executor.funding import FundingHistory
+from executor.funding_source import load_funding_history
+
 from .cv import purged_splits
 from .dataset import (DEFAULT_WARMUP, HOUR_MS, PERPS_1M, RECORDED, REPO, build_dataset, file_sha256, interval_ms_of,
                       load_klines, smc_config, xy)
-from .labels import LabelConfig, RecordedFunding
+from .labels import LabelConfig
 
 DAY_MS = 86_400_000
 DEFAULT_TRAIN = (PERPS_1M["2023-07"], PERPS_1M["2025-02"])
@@ -189,13 +192,13 @@ def period_of(path: str | Path) -> str:
     return stem.rsplit("_", 1)[-1]
 
 
-def funding_for(paths) -> tuple[RecordedFunding, list[Path]]:
+def funding_for(paths) -> tuple[FundingHistory, list[Path]]:
     """The real funding settlements recorded next to each kline file (perps_1m_<period> -> funding_<period>)."""
     files = [RECORDED / f"funding_{period_of(p)}.parquet" for p in paths]
     missing = [str(f) for f in files if not f.exists()]
     if missing:
         raise FileNotFoundError(f"no recorded funding for {missing}: real funding is part of the label")
-    return RecordedFunding.from_files(files), files
+    return load_funding_history(files), files
 
 
 def build_periods(paths, interval: str, label_cfg: LabelConfig, warmup: int, funding, log=print,
@@ -260,7 +263,7 @@ def run_train(train_files=DEFAULT_TRAIN, oos_files=DEFAULT_OOS, interval: str = 
                          "out-of-sample period is used for nothing but the report",
         },
         "label": {"rule": label_cfg.describe(), **label_cfg.to_dict(),
-                  "funding": "real settlements (RecordedFunding) from " + ", ".join(f.name for f in funding_files)},
+                  "funding": "real settlements (executor.funding, as the engine charges them) from " + ", ".join(f.name for f in funding_files)},
         "code_version": code_version(),
         "reproduce": _reproduce(train_files, oos_files, interval, seed, out, max_setups, symbols, embargo_hours),
     }

@@ -13,7 +13,10 @@ from executor.config import ExecutorConfig
 from executor.engine import Engine
 from executor.instruments import InstrumentBook
 from models.dataset import PERPS_1M, load_klines, smc_config, symbol_features, tick_of
-from models.labels import REASONS, ConstantFunding, LabelConfig, RecordedFunding, simulate_trades
+from executor.funding import FundingHistory
+from executor.funding_source import load_funding_history
+from models.dataset import FUNDING
+from models.labels import REASONS, LabelConfig, simulate_trades
 from processors.smc import FEATURE_NAMES
 from schemas.signal import Signal, make_signal_id
 from schemas.trading import Position
@@ -71,15 +74,24 @@ def _pick(frame: pl.DataFrame, n: int, seed: int) -> np.ndarray:
     return np.sort(np.random.default_rng(seed).choice(idx, size=min(n, len(idx)), replace=False))
 
 
-@pytest.mark.parametrize("funding_rate", [0.0001, 0.003])   # the default, and one large enough to matter
-def test_labels_equal_the_engines_realised_trades(frames, funding_rate):
-    ecfg = ExecutorConfig(paper=PaperConfig(funding_rate=funding_rate, funding_interval_h={"XRPUSDT": 4}))
+def _history(kind: str) -> FundingHistory:
+    if kind == "recorded":      # the real 2025-05 settlements, rates and marks
+        return load_funding_history([FUNDING["2025-05"]])
+    # large enough to matter: XRPUSDT every 4 h without a recorded mark (charged on the bar's open),
+    # BTCUSDT without history (estimated at the fallback rate, 8 h UTC grid)
+    t0 = 1_746_316_800_000      # 2025-05-04 00:00 UTC
+    return FundingHistory.from_rows([("XRPUSDT", t0 + k * 4 * 3_600_000 + 7, 0.003 * (-1) ** k, None) for k in range(60)])
+
+
+@pytest.mark.parametrize("history", ["recorded", "synthetic"])
+def test_labels_equal_the_engines_realised_trades(frames, history):
+    ecfg = ExecutorConfig(paper=PaperConfig(funding_rate=0.003), funding=_history(history))
     lcfg = LabelConfig(exits=ecfg.exits, paper=ecfg.paper)
     seen = set()
     funded = 0
     for k, (sym, frame) in enumerate(sorted(frames.items())):
         idx = _pick(frame, 40, seed=k)
-        lab = _label(sym, frame, idx, lcfg)
+        lab = _label(sym, frame, idx, lcfg, ecfg.funding)
         rows = frame.to_dicts()
         assert lab["valid"].all()
         for n, i in enumerate(idx.tolist()):
@@ -96,7 +108,7 @@ def test_labels_equal_the_engines_realised_trades(frames, funding_rate):
             seen.add(rec.exit_reason)
             funded += rec.funding != 0
     assert {"stop", "target", "stagnation"} <= seen        # the exits that occur on 1m all compared
-    assert funded >= 3                                      # settlements crossed (8 h and 4 h grids)
+    assert funded >= (1 if history == "recorded" else 3)   # settlements crossed (real 8 h; 4 h and estimated 8 h)
 
 
 def test_max_hold_equals_the_engine(frames):
@@ -132,13 +144,15 @@ def test_a_hole_in_the_bars_or_the_data_end_drops_the_setup(frames):
     assert pref["valid"][0] and pref["pnl"][0] == full["pnl"][0] and pref["t1"][0] == full["t1"][0]
 
 
-def test_recorded_funding_charges_real_settlements():
-    fund = RecordedFunding(
-        [pl.DataFrame({"symbol": ["XRPUSDT"] * 3, "funding_time": [1_000, 5_000, 9_000],
-                       "funding_rate": [0.001, -0.002, 0.0005], "mark_price": [1.0] * 3})])
-    assert fund.settlements("XRPUSDT", 999, 5_000) == [(1_000, 0.001), (5_000, -0.002)]
-    assert fund.settlements("XRPUSDT", 5_000, 8_999) == []
-    with pytest.raises(KeyError, match="BTCUSDT"):
-        fund.settlements("BTCUSDT", 0, 10)
-    assert ConstantFunding(PaperConfig(funding_interval_h={"A": 4})).settlements("A", -1, 8 * 3_600_000) == [
-        (0, 0.0001), (4 * 3_600_000, 0.0001), (8 * 3_600_000, 0.0001)]
+def test_labels_charge_the_real_settlements_on_the_recorded_mark():
+    """One definition of funding: the labels charge what executor.funding says, at the settlement's
+    recorded mark (its ms jitter removed), or the bar's open when none is recorded."""
+    frame = pl.DataFrame({"open_time": [k * MIN for k in range(200)], "open": [100.0] * 200, "high": [100.5] * 200,
+                          "low": [99.5] * 200, "close": [100.0] * 200})
+    hist = FundingHistory.from_rows([("XRPUSDT", 20 * MIN + 5, 0.001, 80.0), ("XRPUSDT", 35 * MIN + 9, -0.002, None)])
+    lab = simulate_trades("XRPUSDT", np.array([10]), np.array([1]), np.array([100.0]), np.array([90.0]),
+                          np.array([130.0]), frame["open_time"].to_numpy(), frame["open"].to_numpy(),
+                          frame["high"].to_numpy(), frame["low"].to_numpy(), frame["close"].to_numpy(), MIN, 0.1,
+                          LabelConfig(), hist)
+    assert lab["valid"][0] and REASONS[lab["reason"][0]] == "stagnation"    # held past both settlements
+    assert lab["funding"][0] == pytest.approx(0.001 * 80.0 + (-0.002) * 100.0, rel=1e-12)
