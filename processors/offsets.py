@@ -66,8 +66,9 @@ class OffsetGate:
     """Per partition: the expected next offset, the group's not yet durable advances, pending seeks.
 
     `stored(partition)` reads the durable expectation (the state table), None when there is none;
-    `start(partition, offset)` sets it for a partition that has none (the committed offset, else the
-    log start): the caller does that before classifying the partition's records.
+    `start(partition, offset)` sets it for a partition that has none (its log start,
+    never the committed offset, which can run past a record no state took): the caller does that before
+    classifying the partition's records.
     """
 
     def __init__(self, stored: Callable[[int], Optional[int]]) -> None:

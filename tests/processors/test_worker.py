@@ -222,7 +222,9 @@ def test_a_record_withheld_from_the_agent_is_sought_back_not_lost(s1h, tmp_path)
         deadline = time.monotonic() + 180
         while kafka_io.topic_size(s1h, "signals") < len(expected):
             assert proc.poll() is None, log_path.read_text()[-3000:]
-            assert time.monotonic() < deadline, log_path.read_text()[-3000:]
+            assert time.monotonic() < deadline, (kafka_io.topic_size(s1h, "signals"), len(expected),
+                                                 print("STATS", stats_file.read_text()) if stats_file.exists() else None,
+                                                 log_path.read_text()[-3000:])
             time.sleep(0.3)
         time.sleep(1.5)
         stats = orjson.loads(stats_file.read_bytes())
