@@ -8,7 +8,19 @@ import sys
 
 from rich.console import Console
 
-from infra.settings import REPO_ROOT, load_settings
+from infra.settings import REPO_ROOT, SettingsError, load_settings
+
+
+# --- user input, checked where it is read: a bad value is an argparse error (exit 2) naming the option ---
+def _when(value: str) -> int:
+    """--start/--end: an ISO date or datetime (UTC unless it says otherwise) or epoch milliseconds."""
+    from infra.pipeline import _ms
+    try:
+        return _ms(value.strip())
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{value!r} is not a date: use an ISO date or datetime "
+                                         "(2026-11-01, 2026-11-01T12:30, 2026-11-01T12:30+02:00) "
+                                         "or epoch milliseconds") from None
 
 
 def _interval_of(files: list[str] | None, given: str | None) -> str:
@@ -33,6 +45,7 @@ def cmd_run(args) -> int:
     if files is None and args.full and (REPO_ROOT.parent / "shared" / "data" / "klines_1h").is_dir():
         files = sorted(str(p) for p in (REPO_ROOT.parent / "shared" / "data" / "klines_1h").glob("*.csv"))
     interval = _interval_of(files, args.interval)
+    _say_when_interrupted()
     try:
         plan = plan_backtest(files, args.symbols.split(",") if args.symbols else None, args.start, args.end,
                              None if args.full else args.days, args.top if not args.full else 10_000, interval)
@@ -48,6 +61,21 @@ def cmd_run(args) -> int:
                   + f"  ({res.plan.klines / max(res.timings.get('processors_s', 1e-9), 1e-9):,.0f} klines/s through Faust,"
                     f" {total:.0f}s in all)")
     return 0
+
+
+def _say_when_interrupted() -> None:
+    """Ctrl-C says at once what happens next; the KeyboardInterrupt unwinds through the finally blocks
+    that stop the worker and release the broker, and main() turns it into exit code 130."""
+    import signal
+    import threading
+    if threading.current_thread() is not threading.main_thread():
+        return
+
+    def on_interrupt(_signum, _frame):
+        signal.signal(signal.SIGINT, signal.default_int_handler)   # a second Ctrl-C cuts the clean-up short
+        print("smc run: interrupted; stopping the worker and releasing the broker ...", file=sys.stderr, flush=True)
+        raise KeyboardInterrupt
+    signal.signal(signal.SIGINT, on_interrupt)
 
 
 def cmd_query(args) -> int:
@@ -82,10 +110,21 @@ def cmd_broker(args) -> int:
 
 
 def cmd_replay_topic(args) -> int:
+    from infra.kafka_io import BrokerUnavailable, require_broker, topic_size
     from infra.topic_replay import replay_and_diff
     settings = load_settings(args.config)
-    report = replay_and_diff(settings.with_(namespace=args.source, interval=args.interval), start=args.start,
-                             end=args.end, into=args.into)
+    source = settings.with_(namespace=args.source, interval=args.interval)
+    err = Console(stderr=True)
+    try:
+        require_broker(settings)
+    except BrokerUnavailable as exc:
+        err.print(f"[red]error:[/] {exc}")
+        return 2
+    if topic_size(source, "klines") == 0:
+        err.print(f"[red]error:[/] namespace {args.source!r} has no klines on {settings.kafka_bootstrap} "
+                  "(--source takes a run's namespace, e.g. bt-20261125-093000, printed by `smc run`)")
+        return 2
+    report = replay_and_diff(source, start=args.start, end=args.end, into=args.into)
     Console().print(report.render())
     return 0 if report.identical else 1
 
@@ -116,13 +155,35 @@ def cmd_htf_bars(args) -> int:
     return 0
 
 
-def _delegate(module: str):
-    def run(args) -> int:
-        import runpy
-        sys.argv = [module] + args.rest
-        runpy.run_module(module, run_name="__main__")
-        return 0
-    return run
+# --- delegated subcommands: `smc NAME ARGS...` is `python -m MODULE ARGS...` (its own parser, its own help) ---
+_DELEGATED = {
+    "ingest": ("ingest.__main__", "live ingest / file replay / audit sink (python -m ingest; smc ingest --help)"),
+    "worker": ("processors.__main__", "the Faust stream processors (python -m processors [worker]; smc worker --help)"),
+    "executor": ("executor.__main__", "the executor service, flatten, resume (python -m executor; smc executor --help)"),
+    "model": ("models.__main__", "train / evaluate the LightGBM model (python -m models; smc model --help)"),
+}
+
+
+def _run_delegated(name: str, rest: list[str]) -> int:
+    import importlib
+    code = importlib.import_module(_DELEGATED[name][0]).main(rest)
+    return int(code or 0)
+
+
+def _split_delegated(argv: list[str]) -> tuple[str | None, str, list[str]] | None:
+    """(--config value, subcommand, the rest verbatim) when argv names a delegated subcommand: the rest,
+    --help included, goes to that module's parser untouched."""
+    config, i = None, 0
+    while i < len(argv):
+        if argv[i] == "--config" and i + 1 < len(argv):
+            config, i = argv[i + 1], i + 2
+        elif argv[i].startswith("--config="):
+            config, i = argv[i].split("=", 1)[1], i + 1
+        else:
+            break
+    if i < len(argv) and argv[i] in _DELEGATED:
+        return config, argv[i], argv[i + 1:]
+    return None
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -136,16 +197,21 @@ def main(argv: list[str] | None = None) -> int:
     r.add_argument("--symbols", help="comma-separated symbols (default: the --top most traded)")
     r.add_argument("--top", type=int, default=24, help="how many symbols when --symbols is not given (default 24)")
     r.add_argument("--days", type=float, default=30, help="the last N days of the data (default 30)")
-    r.add_argument("--start", help="period start (ISO date or ms)")
-    r.add_argument("--end", help="period end, exclusive (ISO date or ms)")
+    r.add_argument("--start", type=_when, help="period start (ISO date/datetime, UTC, or epoch ms)")
+    r.add_argument("--end", type=_when, help="period end, exclusive (ISO date/datetime, UTC, or epoch ms)")
     r.add_argument("--interval", help="bar interval of the files (default: from the file name, e.g. 1h)")
     r.add_argument("--full", action="store_true", help="all symbols and the whole period (../shared data when present)")
     r.add_argument("--scorer", choices=["model", "heuristic"], default="model",
                    help="model: models/lgbm_smc.txt (default); heuristic: the spec's fallback score")
     r.add_argument("--report-dir", help="where the HTML/PNG report goes (default reports/<run>)")
     r.add_argument("--no-progress", action="store_true")
-    r.add_argument("--live-data", action="store_true", help="run live on Binance market data instead of recorded files")
-    r.add_argument("--live", action="store_true", help="with --live-data and --broker binance: trade on the REAL exchange")
+    r.add_argument("--live-data", action="store_true",
+                   help="run live on Binance market data instead of recorded files (the paper broker unless "
+                        "SMC_BROKER=binance)")
+    r.add_argument("--live", action="store_true",
+                   help="with --live-data: trade on the REAL exchange; also needs SMC_BROKER=binance, "
+                        "SMC_LIVE_TRADING=1 and BINANCE_API_KEY / BINANCE_API_SECRET in the environment "
+                        "(without --live, SMC_BROKER=binance trades on the testnet, SMC_BINANCE_TRADE_URL)")
     r.set_defaults(fn=cmd_run)
 
     q = sub.add_parser("query", help="run SQL against the audit trail (chDB or server, from SMC_CLICKHOUSE_DSN)")
@@ -163,8 +229,8 @@ def main(argv: list[str] | None = None) -> int:
 
     t = sub.add_parser("replay-topic", help="replay a run's klines into an isolated namespace and diff the signals")
     t.add_argument("--source", required=True, help="namespace of the run to replay (e.g. bt-20261125-093000)")
-    t.add_argument("--start", help="first bar open time to diff (ISO or ms)")
-    t.add_argument("--end", help="end of the diffed range, exclusive (ISO or ms)")
+    t.add_argument("--start", type=_when, help="first bar open time to diff (ISO date/datetime, UTC, or epoch ms)")
+    t.add_argument("--end", type=_when, help="end of the diffed range, exclusive (ISO date/datetime, UTC, or epoch ms)")
     t.add_argument("--into", help="namespace of the replay (default <source>.replay-<n>)")
     t.add_argument("--interval", default="1h")
     t.set_defaults(fn=cmd_replay_topic)
@@ -175,16 +241,25 @@ def main(argv: list[str] | None = None) -> int:
     h.add_argument("--last", type=int, default=3, help="windows per symbol, newest last (default 3)")
     h.set_defaults(fn=cmd_htf_bars)
 
-    for name, module, helptext in [("ingest", "ingest", "live ingest / file replay / audit sink (python -m ingest)"),
-                                   ("worker", "processors", "the Faust stream processors (python -m processors worker)"),
-                                   ("executor", "executor", "the executor service (python -m executor)"),
-                                   ("model", "models", "train / evaluate the LightGBM model (python -m models)")]:
-        p = sub.add_parser(name, help=helptext)
-        p.add_argument("rest", nargs=argparse.REMAINDER)
-        p.set_defaults(fn=_delegate(module))
+    for name, (_module, helptext) in _DELEGATED.items():   # listed in `smc --help`; dispatched before parsing
+        sub.add_parser(name, help=helptext, add_help=False)
 
-    args = ap.parse_args(argv)
-    return args.fn(args)
+    argv = sys.argv[1:] if argv is None else list(argv)
+    delegated = _split_delegated(argv)
+    try:
+        if delegated is not None:
+            config, name, rest = delegated
+            if config:   # the modules read their settings file from SMC_CONFIG
+                os.environ["SMC_CONFIG"] = config
+            return _run_delegated(name, rest)
+        args = ap.parse_args(argv)
+        return args.fn(args)
+    except SettingsError as exc:        # a wrong type / unknown key in the TOML file or an SMC_* variable
+        print(f"smc: error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:           # Ctrl-C: the commands' finally blocks have stopped what they started
+        print("smc: interrupted; stopped cleanly", file=sys.stderr)
+        return 130
 
 
 if __name__ == "__main__":

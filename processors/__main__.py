@@ -1,4 +1,4 @@
-"""`python -m processors worker`: run the stream processors as a Faust worker (SIGTERM stops it cleanly).
+"""`python -m processors [worker]`: run the stream processors as a Faust worker (SIGTERM stops it cleanly).
 
 SMC_DEBUG_LOGGERS=aiokafka.consumer,faust.tables.recovery turns on DEBUG for just those loggers (the rest
 stays at --loglevel): the way to look inside a rebalance without drowning in every library's debug output.
@@ -17,7 +17,8 @@ from schemas import topic_name
 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="python -m processors")
-    ap.add_argument("command", choices=["worker"])
+    ap.add_argument("command", nargs="?", choices=["worker"], default="worker",
+                    help="worker (the default and only command): run the stream processors until SIGTERM")
     ap.add_argument("--config", default=None, help="optional TOML settings file")
     ap.add_argument("--loglevel", default="warning")
     args = ap.parse_args(argv)
