@@ -138,6 +138,8 @@ class RunStats:
     batches: int = 0
     records: int = 0
     orders: int = 0
+    fills: int = 0
+    alerts: int = 0
     elapsed_s: float = 0.0
     restored: bool = False
     decision_us: list[float] = field(default_factory=list)   # signal consumed -> entry order handed to the broker
@@ -202,6 +204,7 @@ class ExecutorService:
         self._wm_client = None
         self._ready: list = []          # released by the merge, not yet processed (in event-time order)
         self.max_wait_s = max_wait_s
+        self.metrics = None             # the Prometheus endpoint, when SMC_METRICS_PORT is set (port + 1)
 
     def engine_submit_hook(self) -> None:
         orig = self.broker.submit
@@ -215,6 +218,10 @@ class ExecutorService:
     # ------------------------------------------------------------------------------------------
     def start(self) -> None:
         s = self.settings
+        if s.metrics_port and self.metrics is None:
+            from executor.metrics import collector
+            from infra.metrics import serve
+            self.metrics = serve(s.metrics_port + 1, collector(lambda: self.stats), s.metrics_addr)
         ensure_executor_topics(s)
         txn_id = kafka_io.group(s, "executor") + ".txn"
         self.producer = kafka_io.producer(s, **{"transactional.id": txn_id, "transaction.timeout.ms": 60_000})
@@ -371,6 +378,10 @@ class ExecutorService:
                     p.produce(topics[type(r)], key=key, value=encode(r))
                     if isinstance(r, Order):
                         self.stats.orders += 1
+                    elif isinstance(r, Fill):
+                        self.stats.fills += 1
+                    elif isinstance(r, Alert):
+                        self.stats.alerts += 1
                 self.stats.records += len(recs)
                 p.poll(0)
                 if self._crash_after and self.stats.signals >= self._crash_after:
@@ -426,6 +437,9 @@ class ExecutorService:
             self.producer.flush(10)
             self.producer = None
         self.broker.close()
+        if self.metrics is not None:
+            self.metrics.close()
+            self.metrics = None
 
 
 def run_executor(settings: Settings, until_idle: bool = True, idle_s: float = 2.0, cfg: ExecutorConfig | None = None,

@@ -56,6 +56,11 @@ def main(argv: list[str] | None = None) -> int:
     async def _settle_gc():     # short full GC passes: the start-up objects are never garbage
         logging.getLogger("smc.processors").info("gc: %d start-up objects frozen", freeze_startup_objects())
 
+    if settings.metrics_port:   # Prometheus /metrics from the stats the agent keeps (processors/metrics.py)
+        from infra.metrics import serve
+        from processors.metrics import collector
+        serve(settings.metrics_port, collector(lambda: app.smc_stats), settings.metrics_addr)
+
     worker = Worker(app, loglevel="debug" if debug_loggers else args.loglevel, quiet=True, redirect_stdouts=False)
     worker.execute_from_commandline()
     return 0
