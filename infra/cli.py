@@ -63,6 +63,21 @@ def cmd_run(args) -> int:
     return 0
 
 
+def cmd_health(args) -> int:
+    import time
+    import orjson
+    from pathlib import Path
+    from infra.live import status_verdict
+    path = Path(load_settings(args.config).data_dir) / "live" / "status.json"
+    try:
+        snap, age = orjson.loads(path.read_bytes()), time.time() - path.stat().st_mtime
+    except (FileNotFoundError, orjson.JSONDecodeError):
+        snap, age = None, None
+    healthy, line = status_verdict(snap, age, args.max_age)
+    print(line)
+    return 0 if healthy else 1
+
+
 def _say_when_interrupted() -> None:
     """Ctrl-C says at once what happens next; the KeyboardInterrupt unwinds through the finally blocks
     that stop the worker and release the broker, and main() turns it into exit code 130."""
@@ -234,6 +249,11 @@ def main(argv: list[str] | None = None) -> int:
     t.add_argument("--into", help="namespace of the replay (default <source>.replay-<n>)")
     t.add_argument("--interval", default="1h")
     t.set_defaults(fn=cmd_replay_topic)
+
+    hc = sub.add_parser("health", help="one line on the live run (live/status.json); exit 0 healthy, 1 not")
+    hc.add_argument("--max-age", type=float, default=30.0,
+                    help="seconds the status may be old before the supervisor counts as gone (default 30)")
+    hc.set_defaults(fn=cmd_health)
 
     h = sub.add_parser("htf-bars", help="the M5 (HTF) bars a run's processors keep in their windowed table")
     h.add_argument("--source", required=True, help="namespace of the run (e.g. bt-20261125-093000)")

@@ -212,3 +212,36 @@ def test_live_help_names_what_selects_the_binance_broker(capsys):
         cli.main(["run", "--help"])
     out = " ".join(capsys.readouterr().out.split())
     assert "--broker binance" not in out and "SMC_BROKER=binance" in out and "SMC_LIVE_TRADING=1" in out
+
+
+# --- smc health: one line from the live supervisor's status file, exit 0 / 1 ---
+def _status(tmp_path, children_state="running", worker=("ok", "caught up"), age_s=0.0):
+    live = tmp_path / "live"
+    live.mkdir(exist_ok=True)
+    snap = {"uptime_s": 42.0, "namespace": "", "topics": {}, "worker": {},
+            "children": {n: {"pid": 1, "pids": [1], "state": "running", "restarts": 0, "exit_codes": [], "log": ""}
+                         for n in ("audit", "executor", "processors", "ingest")},
+            "worker_health": {"state": worker[0], "detail": worker[1]}}
+    snap["children"]["executor"]["state"] = children_state
+    import orjson
+    (live / "status.json").write_bytes(orjson.dumps(snap))
+    if age_s:
+        t = time.time() - age_s
+        os.utime(live / "status.json", (t, t))
+
+
+@pytest.mark.parametrize("case,code,line", [
+    ({}, 0, "ok: 4 parts running, processors ok (caught up), up 42 s"),
+    ({"children_state": "restart in 3s"}, 1, "not running: executor restart in 3s"),
+    ({"worker": ("stalled", "12 record(s) waiting and no partition moved for 130 s")}, 1,
+     "processors stalled: 12 record(s) waiting"),
+    ({"age_s": 120}, 1, "live status not written for 120 s"),
+    (None, 1, "no live status"),
+])
+def test_smc_health_reads_the_live_status(tmp_path, monkeypatch, capsys, case, code, line):
+    monkeypatch.setenv("SMC_DATA_DIR", str(tmp_path))
+    if case is not None:
+        _status(tmp_path, **case)
+    assert cli.main(["health"]) == code
+    out = capsys.readouterr().out
+    assert line in out and len(out.strip().splitlines()) == 1
