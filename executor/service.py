@@ -31,7 +31,6 @@ from dataclasses import dataclass, field
 
 import orjson
 from confluent_kafka import OFFSET_BEGINNING, KafkaError, KafkaException, TopicPartition
-from confluent_kafka.admin import NewTopic
 
 from executor.brokers.base import Broker, BrokerError
 from executor.config import ExecutorConfig, config_from_env
@@ -160,22 +159,8 @@ def make_broker(settings: Settings, cfg: ExecutorConfig, live: bool = False) -> 
 
 
 def ensure_executor_topics(settings: Settings) -> None:
-    kafka_io.ensure_topics(settings, ["signals", "decisions", "orders", "fills", "positions", "equity", "alerts", "dlq"])
-    adm = kafka_io.admin(settings)
-    existing = set(adm.list_topics(timeout=30).topics)
-    new = []
-    for base, cfg in ((STATE_TOPIC, {"cleanup.policy": "compact"}), (COMMANDS_TOPIC, {"cleanup.policy": "delete"})):
-        name = kafka_io.topic(settings, base)
-        if name not in existing:
-            new.append(NewTopic(name, num_partitions=1, replication_factor=1, config=cfg))
-    if new:
-        for fut in adm.create_topics(new, operation_timeout=30).values():
-            try:
-                fut.result()
-            except KafkaException as exc:
-                if "TOPIC_ALREADY_EXISTS" not in str(exc):
-                    raise
-        kafka_io._wait_topics(adm, [t.topic for t in new], 30)
+    kafka_io.ensure_topics(settings, ["signals", "decisions", "orders", "fills", "positions", "equity", "alerts", "dlq",
+                                      STATE_TOPIC, COMMANDS_TOPIC])   # all in schemas/topics.py
 
 
 class ExecutorService:
