@@ -59,7 +59,12 @@ def main(argv: list[str] | None = None) -> int:
     if settings.metrics_port:   # Prometheus /metrics from the stats the agent keeps (processors/metrics.py)
         from infra.metrics import serve
         from processors.metrics import collector
-        serve(settings.metrics_port, collector(lambda: app.smc_stats), settings.metrics_addr)
+        try:
+            serve(settings.metrics_port, collector(lambda: app.smc_stats), settings.metrics_addr)
+        except OSError as exc:
+            print(f"processors worker: cannot serve metrics on {settings.metrics_addr}:{settings.metrics_port} "
+                  f"(SMC_METRICS_PORT): {exc.strerror}", file=sys.stderr)
+            return 2
 
     worker = Worker(app, loglevel="debug" if debug_loggers else args.loglevel, quiet=True, redirect_stdouts=False)
     worker.execute_from_commandline()
