@@ -2,9 +2,11 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
 import re
 import sys
+from typing import Iterator
 
 from rich.console import Console
 
@@ -45,7 +47,6 @@ def cmd_run(args) -> int:
     if files is None and args.full and (REPO_ROOT.parent / "shared" / "data" / "klines_1h").is_dir():
         files = sorted(str(p) for p in (REPO_ROOT.parent / "shared" / "data" / "klines_1h").glob("*.csv"))
     interval = _interval_of(files, args.interval)
-    _say_when_interrupted()
     try:
         plan = plan_backtest(files, args.symbols.split(",") if args.symbols else None, args.start, args.end,
                              None if args.full else args.days, args.top if not args.full else 10_000, interval)
@@ -78,19 +79,26 @@ def cmd_health(args) -> int:
     return 0 if healthy else 1
 
 
-def _say_when_interrupted() -> None:
-    """Ctrl-C says at once what happens next; the KeyboardInterrupt unwinds through the finally blocks
-    that stop the worker and release the broker, and main() turns it into exit code 130."""
+@contextlib.contextmanager
+def _interrupt_notice(enabled: bool) -> Iterator[None]:
+    """Ctrl-C during a backtest says at once what happens next; the KeyboardInterrupt then unwinds
+    through the finally blocks that stop the worker and release the broker, and main() turns it into
+    exit code 130. (The live supervisor handles its own signals.)"""
     import signal
     import threading
-    if threading.current_thread() is not threading.main_thread():
+    if not enabled or threading.current_thread() is not threading.main_thread():
+        yield
         return
 
     def on_interrupt(_signum, _frame):
         signal.signal(signal.SIGINT, signal.default_int_handler)   # a second Ctrl-C cuts the clean-up short
         print("smc run: interrupted; stopping the worker and releasing the broker ...", file=sys.stderr, flush=True)
         raise KeyboardInterrupt
-    signal.signal(signal.SIGINT, on_interrupt)
+    previous = signal.signal(signal.SIGINT, on_interrupt)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, previous)
 
 
 def cmd_query(args) -> int:
@@ -273,7 +281,8 @@ def main(argv: list[str] | None = None) -> int:
                 os.environ["SMC_CONFIG"] = config
             return _run_delegated(name, rest)
         args = ap.parse_args(argv)
-        return args.fn(args)
+        with _interrupt_notice(args.cmd == "run" and not args.live_data):
+            return args.fn(args)
     except SettingsError as exc:        # a wrong type / unknown key in the TOML file or an SMC_* variable
         print(f"smc: error: {exc}", file=sys.stderr)
         return 2

@@ -24,8 +24,16 @@ import pytest
 from infra.settings import REPO_ROOT, SettingsError, load_settings
 
 
+def _clean_env(**given: str) -> dict:
+    """The child's environment: no SMC_* left over from the test process (an earlier test's or the
+    shell's), only what the test gives."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("SMC_", "BINANCE_"))}
+    env.update(PYTHONPATH=str(REPO_ROOT), SMC_CREDIT="0", **given)
+    return env
+
+
 def _smc(*argv: str, env: dict | None = None, timeout: float = 60) -> subprocess.CompletedProcess:
-    full = dict(os.environ, PYTHONPATH=str(REPO_ROOT), **(env or {}))
+    full = _clean_env(**(env or {}))
     return subprocess.run([sys.executable, "-m", "infra.cli", *argv], env=full, capture_output=True, text=True,
                           timeout=timeout, cwd=REPO_ROOT)
 
@@ -138,8 +146,8 @@ def _processes_with(marker: str) -> list[int]:
 @pytest.mark.kafka
 def test_ctrl_c_during_smc_run_stops_cleanly_with_130(kafka_bootstrap, namespace, tmp_path):
     # Ctrl-C in a terminal signals the whole foreground process group: the CLI and its worker child
-    env = dict(os.environ, PYTHONPATH=str(REPO_ROOT), SMC_KAFKA_BOOTSTRAP=kafka_bootstrap, SMC_NAMESPACE=namespace,
-               SMC_DATA_DIR=str(tmp_path))
+    env = _clean_env(SMC_KAFKA_BOOTSTRAP=kafka_bootstrap, SMC_NAMESPACE=namespace, SMC_DATA_DIR=str(tmp_path),
+                     SMC_CLICKHOUSE_DSN=f"chdb://{tmp_path / 'chdb'}")
     p = subprocess.Popen([sys.executable, "-m", "infra.cli", "run", "--days", "30", "--no-progress"], env=env,
                          cwd=REPO_ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
                          start_new_session=True)
@@ -149,10 +157,11 @@ def test_ctrl_c_during_smc_run_stops_cleanly_with_130(kafka_bootstrap, namespace
                 break
         deadline = time.monotonic() + 60
         while not (tmp_path / "runs" / namespace / "workers" / "worker" / "worker.log").exists():
-            assert time.monotonic() < deadline and p.poll() is None
+            assert p.poll() is None, p.stderr.read()[-3000:]
+            assert time.monotonic() < deadline
             time.sleep(0.1)
         time.sleep(2)                                   # the worker is up and consuming
-        assert p.poll() is None
+        assert p.poll() is None, p.stderr.read()[-3000:]
         os.killpg(p.pid, signal.SIGINT)
         t0 = time.monotonic()
         out, err = p.communicate(timeout=60)
@@ -190,8 +199,8 @@ def test_executor_subcommand_help_reaches_the_module(capsys):
 def test_bare_smc_worker_runs_the_worker(kafka_bootstrap, namespace, tmp_path):
     from infra import kafka_io
     settings = load_settings(env={}).with_(kafka_bootstrap=kafka_bootstrap, namespace=namespace)
-    env = dict(os.environ, PYTHONPATH=str(REPO_ROOT), SMC_KAFKA_BOOTSTRAP=kafka_bootstrap, SMC_NAMESPACE=namespace,
-               SMC_DATA_DIR=str(tmp_path), SMC_STATS_FILE=str(tmp_path / "stats.json"))
+    env = _clean_env(SMC_KAFKA_BOOTSTRAP=kafka_bootstrap, SMC_NAMESPACE=namespace, SMC_DATA_DIR=str(tmp_path),
+                     SMC_STATS_FILE=str(tmp_path / "stats.json"))
     p = subprocess.Popen([sys.executable, "-m", "infra.cli", "worker"], env=env, cwd=REPO_ROOT,
                          stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     try:
