@@ -30,13 +30,15 @@ def main(argv: list[str] | None = None) -> int:
     args = ap.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s %(message)s")
     settings = load_settings()
-    if args.cmd == "flatten":
+    if args.cmd in ("flatten", "resume"):
         from executor.service import send_command
-        send_command(settings, {"cmd": "flatten", "symbol": args.symbol})
-        return 0
-    if args.cmd == "resume":
-        from executor.service import send_command
-        send_command(settings, {"cmd": "resume"})
+        from infra.kafka_io import BrokerUnavailable, require_broker
+        try:
+            require_broker(settings)     # seconds, not the admin client's 30 s timeout
+        except BrokerUnavailable as exc:
+            print(f"executor {args.cmd}: {exc}", file=sys.stderr)
+            return 2
+        send_command(settings, {"cmd": "flatten", "symbol": args.symbol} if args.cmd == "flatten" else {"cmd": "resume"})
         return 0
     if args.broker:
         settings = settings.with_(broker=args.broker)

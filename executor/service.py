@@ -31,7 +31,6 @@ from dataclasses import dataclass, field
 
 import orjson
 from confluent_kafka import OFFSET_BEGINNING, KafkaError, KafkaException, TopicPartition
-from confluent_kafka.admin import NewTopic
 
 from executor.brokers.base import Broker, BrokerError
 from executor.config import ExecutorConfig, config_from_env
@@ -138,6 +137,8 @@ class RunStats:
     batches: int = 0
     records: int = 0
     orders: int = 0
+    fills: int = 0
+    alerts: int = 0
     elapsed_s: float = 0.0
     restored: bool = False
     reconciliations: int = 0
@@ -159,22 +160,8 @@ def make_broker(settings: Settings, cfg: ExecutorConfig, live: bool = False) -> 
 
 
 def ensure_executor_topics(settings: Settings) -> None:
-    kafka_io.ensure_topics(settings, ["signals", "decisions", "orders", "fills", "positions", "equity", "alerts", "dlq"])
-    adm = kafka_io.admin(settings)
-    existing = set(adm.list_topics(timeout=30).topics)
-    new = []
-    for base, cfg in ((STATE_TOPIC, {"cleanup.policy": "compact"}), (COMMANDS_TOPIC, {"cleanup.policy": "delete"})):
-        name = kafka_io.topic(settings, base)
-        if name not in existing:
-            new.append(NewTopic(name, num_partitions=1, replication_factor=1, config=cfg))
-    if new:
-        for fut in adm.create_topics(new, operation_timeout=30).values():
-            try:
-                fut.result()
-            except KafkaException as exc:
-                if "TOPIC_ALREADY_EXISTS" not in str(exc):
-                    raise
-        kafka_io._wait_topics(adm, [t.topic for t in new], 30)
+    kafka_io.ensure_topics(settings, ["signals", "decisions", "orders", "fills", "positions", "equity", "alerts", "dlq",
+                                      STATE_TOPIC, COMMANDS_TOPIC])   # all in schemas/topics.py
 
 
 class ExecutorService:
@@ -208,6 +195,7 @@ class ExecutorService:
         self.reconcile_within_s = reconcile_within_s
         self.reconcile_retry_s = 5.0    # after a failed reconciliation (the exchange is not answering)
         self._reconcile_not_before = 0.0
+        self.metrics = None             # the Prometheus endpoint, when SMC_METRICS_PORT is set (port + 1)
 
     def engine_submit_hook(self) -> None:
         orig = self.broker.submit
@@ -221,6 +209,10 @@ class ExecutorService:
     # ------------------------------------------------------------------------------------------
     def start(self) -> None:
         s = self.settings
+        if s.metrics_port and self.metrics is None:
+            from executor.metrics import collector
+            from infra.metrics import serve
+            self.metrics = serve(s.metrics_port + 1, collector(lambda: self.stats), s.metrics_addr)
         ensure_executor_topics(s)
         txn_id = kafka_io.group(s, "executor") + ".txn"
         self.producer = kafka_io.producer(s, **{"transactional.id": txn_id, "transaction.timeout.ms": 60_000})
@@ -413,6 +405,10 @@ class ExecutorService:
                     p.produce(topics[type(r)], key=key, value=encode(r))
                     if isinstance(r, Order):
                         self.stats.orders += 1
+                    elif isinstance(r, Fill):
+                        self.stats.fills += 1
+                    elif isinstance(r, Alert):
+                        self.stats.alerts += 1
                 self.stats.records += len(recs)
                 p.poll(0)
                 if self._crash_after and self.stats.signals >= self._crash_after:
@@ -468,6 +464,9 @@ class ExecutorService:
             self.producer.flush(10)
             self.producer = None
         self.broker.close()
+        if self.metrics is not None:
+            self.metrics.close()
+            self.metrics = None
 
 
 def run_executor(settings: Settings, until_idle: bool = True, idle_s: float = 2.0, cfg: ExecutorConfig | None = None,

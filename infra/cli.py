@@ -2,16 +2,30 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
 import re
 import sys
 from datetime import datetime, timezone
 from pathlib import Path
+from typing import Iterator
 
 from rich.console import Console
 
 from infra.pipeline import DEFAULT_DAYS, DEFAULT_INTERVAL
-from infra.settings import REPO_ROOT, load_settings
+from infra.settings import REPO_ROOT, SettingsError, load_settings
+
+
+# --- user input, checked where it is read: a bad value is an argparse error (exit 2) naming the option ---
+def _when(value: str) -> int:
+    """--start/--end: an ISO date or datetime (UTC unless it says otherwise) or epoch milliseconds."""
+    from infra.pipeline import _ms
+    try:
+        return _ms(value.strip())
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{value!r} is not a date: use an ISO date or datetime "
+                                         "(2026-11-01, 2026-11-01T12:30, 2026-11-01T12:30+02:00) "
+                                         "or epoch milliseconds") from None
 
 
 def _interval_of(files: list[str] | None, given: str | None) -> str:
@@ -108,6 +122,43 @@ def cmd_sweep(args) -> int:
 # --- end smc backtest ----------------------------------------------------------------------------------
 
 
+def cmd_health(args) -> int:
+    import time
+    import orjson
+    from pathlib import Path
+    from infra.live import status_verdict
+    path = Path(load_settings(args.config).data_dir) / "live" / "status.json"
+    try:
+        snap, age = orjson.loads(path.read_bytes()), time.time() - path.stat().st_mtime
+    except (FileNotFoundError, orjson.JSONDecodeError):
+        snap, age = None, None
+    healthy, line = status_verdict(snap, age, args.max_age)
+    print(line)
+    return 0 if healthy else 1
+
+
+@contextlib.contextmanager
+def _interrupt_notice(enabled: bool) -> Iterator[None]:
+    """Ctrl-C during a backtest says at once what happens next; the KeyboardInterrupt then unwinds
+    through the finally blocks that stop the worker and release the broker, and main() turns it into
+    exit code 130. (The live supervisor handles its own signals.)"""
+    import signal
+    import threading
+    if not enabled or threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def on_interrupt(_signum, _frame):
+        signal.signal(signal.SIGINT, signal.default_int_handler)   # a second Ctrl-C cuts the clean-up short
+        print("smc run: interrupted; stopping the worker and releasing the broker ...", file=sys.stderr, flush=True)
+        raise KeyboardInterrupt
+    previous = signal.signal(signal.SIGINT, on_interrupt)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, previous)
+
+
 def cmd_query(args) -> int:
     from rich.table import Table
     from infra.clickhouse import AuditStore
@@ -140,10 +191,21 @@ def cmd_broker(args) -> int:
 
 
 def cmd_replay_topic(args) -> int:
+    from infra.kafka_io import BrokerUnavailable, require_broker, topic_size
     from infra.topic_replay import replay_and_diff
     settings = load_settings(args.config)
-    report = replay_and_diff(settings.with_(namespace=args.source, interval=args.interval), start=args.start,
-                             end=args.end, into=args.into)
+    source = settings.with_(namespace=args.source, interval=args.interval)
+    err = Console(stderr=True)
+    try:
+        require_broker(settings)
+    except BrokerUnavailable as exc:
+        err.print(f"[red]error:[/] {exc}")
+        return 2
+    if topic_size(source, "klines") == 0:
+        err.print(f"[red]error:[/] namespace {args.source!r} has no klines on {settings.kafka_bootstrap} "
+                  "(--source takes a run's namespace, e.g. bt-20261125-093000, printed by `smc run`)")
+        return 2
+    report = replay_and_diff(source, start=args.start, end=args.end, into=args.into)
     Console().print(report.render())
     return 0 if report.identical else 1
 
@@ -174,13 +236,35 @@ def cmd_htf_bars(args) -> int:
     return 0
 
 
-def _delegate(module: str):
-    def run(args) -> int:
-        import runpy
-        sys.argv = [module] + args.rest
-        runpy.run_module(module, run_name="__main__")
-        return 0
-    return run
+# --- delegated subcommands: `smc NAME ARGS...` is `python -m MODULE ARGS...` (its own parser, its own help) ---
+_DELEGATED = {
+    "ingest": ("ingest.__main__", "live ingest / file replay / audit sink (python -m ingest; smc ingest --help)"),
+    "worker": ("processors.__main__", "the Faust stream processors (python -m processors [worker]; smc worker --help)"),
+    "executor": ("executor.__main__", "the executor service, flatten, resume (python -m executor; smc executor --help)"),
+    "model": ("models.__main__", "train / evaluate the LightGBM model (python -m models; smc model --help)"),
+}
+
+
+def _run_delegated(name: str, rest: list[str]) -> int:
+    import importlib
+    code = importlib.import_module(_DELEGATED[name][0]).main(rest)
+    return int(code or 0)
+
+
+def _split_delegated(argv: list[str]) -> tuple[str | None, str, list[str]] | None:
+    """(--config value, subcommand, the rest verbatim) when argv names a delegated subcommand: the rest,
+    --help included, goes to that module's parser untouched."""
+    config, i = None, 0
+    while i < len(argv):
+        if argv[i] == "--config" and i + 1 < len(argv):
+            config, i = argv[i + 1], i + 2
+        elif argv[i].startswith("--config="):
+            config, i = argv[i].split("=", 1)[1], i + 1
+        else:
+            break
+    if i < len(argv) and argv[i] in _DELEGATED:
+        return config, argv[i], argv[i + 1:]
+    return None
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -197,16 +281,21 @@ def main(argv: list[str] | None = None) -> int:
                    help="only the N symbols with the most notional in the day BEFORE the period (point in time)")
     r.add_argument("--days", type=float, default=DEFAULT_DAYS,
                    help=f"the last N days of the data (default {DEFAULT_DAYS:g}: the main job in ~3 min on 2 cores)")
-    r.add_argument("--start", help="period start (ISO date or ms)")
-    r.add_argument("--end", help="period end, exclusive (ISO date or ms)")
+    r.add_argument("--start", type=_when, help="period start (ISO date/datetime, UTC, or epoch ms)")
+    r.add_argument("--end", type=_when, help="period end, exclusive (ISO date/datetime, UTC, or epoch ms)")
     r.add_argument("--interval", help="bar interval of the files (default: from the file name, e.g. 1m)")
     r.add_argument("--full", action="store_true", help="all symbols and the whole period of the files")
     r.add_argument("--scorer", choices=["model", "heuristic"], default="model",
                    help="model: models/lgbm_smc.txt (default); heuristic: the spec's fallback score")
     r.add_argument("--report-dir", help="where the HTML/PNG report goes (default reports/<run>)")
     r.add_argument("--no-progress", action="store_true")
-    r.add_argument("--live-data", action="store_true", help="run live on Binance market data instead of recorded files")
-    r.add_argument("--live", action="store_true", help="with --live-data and --broker binance: trade on the REAL exchange")
+    r.add_argument("--live-data", action="store_true",
+                   help="run live on Binance market data instead of recorded files (the paper broker unless "
+                        "SMC_BROKER=binance)")
+    r.add_argument("--live", action="store_true",
+                   help="with --live-data: trade on the REAL exchange; also needs SMC_BROKER=binance, "
+                        "SMC_LIVE_TRADING=1 and BINANCE_API_KEY / BINANCE_API_SECRET in the environment "
+                        "(without --live, SMC_BROKER=binance trades on the testnet, SMC_BINANCE_TRADE_URL)")
     r.set_defaults(fn=cmd_run)
 
     bt = sub.add_parser("backtest", help="research: the main job's code (processors, executor, paper broker) in one "
@@ -216,8 +305,8 @@ def main(argv: list[str] | None = None) -> int:
     bt.add_argument("--top", type=int, default=None,
                     help="the N symbols with the most notional the day before the period (point in time)")
     bt.add_argument("--days", type=float, default=30, help="the last N days of the data (default 30)")
-    bt.add_argument("--start", help="period start (ISO date or ms)")
-    bt.add_argument("--end", help="period end, exclusive (ISO date or ms)")
+    bt.add_argument("--start", type=_when, help="period start (ISO date/datetime, UTC, or epoch ms)")
+    bt.add_argument("--end", type=_when, help="period end, exclusive (ISO date/datetime, UTC, or epoch ms)")
     bt.add_argument("--interval", help="bar interval of the files (default: from the file name, e.g. 1m)")
     bt.add_argument("--scorer", choices=["model", "heuristic"], default="model")
     bt.add_argument("--report-dir", help="where the HTML/PNG report goes (default reports/<run>)")
@@ -249,12 +338,17 @@ def main(argv: list[str] | None = None) -> int:
 
     t = sub.add_parser("replay-topic", help="replay a run's klines into an isolated namespace and diff the signals")
     t.add_argument("--source", required=True, help="namespace of the run to replay (e.g. bt-20261125-093000)")
-    t.add_argument("--start", help="first bar open time to diff (ISO or ms)")
-    t.add_argument("--end", help="end of the diffed range, exclusive (ISO or ms)")
+    t.add_argument("--start", type=_when, help="first bar open time to diff (ISO date/datetime, UTC, or epoch ms)")
+    t.add_argument("--end", type=_when, help="end of the diffed range, exclusive (ISO date/datetime, UTC, or epoch ms)")
     t.add_argument("--into", help="namespace of the replay (default <source>.replay-<n>)")
     t.add_argument("--interval", default=DEFAULT_INTERVAL,
                    help="bar interval when the run's saved settings are not found (they carry it)")
     t.set_defaults(fn=cmd_replay_topic)
+
+    hc = sub.add_parser("health", help="one line on the live run (live/status.json); exit 0 healthy, 1 not")
+    hc.add_argument("--max-age", type=float, default=30.0,
+                    help="seconds the status may be old before the supervisor counts as gone (default 30)")
+    hc.set_defaults(fn=cmd_health)
 
     h = sub.add_parser("htf-bars", help="the M5 (HTF) bars a run's processors keep in their windowed table")
     h.add_argument("--source", required=True, help="namespace of the run (e.g. bt-20261125-093000)")
@@ -262,16 +356,26 @@ def main(argv: list[str] | None = None) -> int:
     h.add_argument("--last", type=int, default=3, help="windows per symbol, newest last (default 3)")
     h.set_defaults(fn=cmd_htf_bars)
 
-    for name, module, helptext in [("ingest", "ingest", "live ingest / file replay / audit sink (python -m ingest)"),
-                                   ("worker", "processors", "the Faust stream processors (python -m processors worker)"),
-                                   ("executor", "executor", "the executor service (python -m executor)"),
-                                   ("model", "models", "train / evaluate the LightGBM model (python -m models)")]:
-        p = sub.add_parser(name, help=helptext)
-        p.add_argument("rest", nargs=argparse.REMAINDER)
-        p.set_defaults(fn=_delegate(module))
+    for name, (_module, helptext) in _DELEGATED.items():   # listed in `smc --help`; dispatched before parsing
+        sub.add_parser(name, help=helptext, add_help=False)
 
-    args = ap.parse_args(argv)
-    return args.fn(args)
+    argv = sys.argv[1:] if argv is None else list(argv)
+    delegated = _split_delegated(argv)
+    try:
+        if delegated is not None:
+            config, name, rest = delegated
+            if config:   # the modules read their settings file from SMC_CONFIG
+                os.environ["SMC_CONFIG"] = config
+            return _run_delegated(name, rest)
+        args = ap.parse_args(argv)
+        with _interrupt_notice(args.cmd == "run" and not args.live_data):
+            return args.fn(args)
+    except SettingsError as exc:        # a wrong type / unknown key in the TOML file or an SMC_* variable
+        print(f"smc: error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:           # Ctrl-C: the commands' finally blocks have stopped what they started
+        print("smc: interrupted; stopped cleanly", file=sys.stderr)
+        return 130
 
 
 if __name__ == "__main__":

@@ -38,6 +38,49 @@ def connect(dsn: str):
         return client
 
 
+class ClickHouseUnavailable(RuntimeError):
+    """The audit trail's ClickHouse cannot be used: the DSN and the fix, said plainly."""
+
+
+_SCHEMES = ("chdb://", "http://", "https://", "clickhouse://")
+
+
+def check_dsn(dsn: str, timeout: float = 3.0) -> str:
+    """Before any work: the DSN names a usable ClickHouse, within `timeout` seconds. Returns what was
+    found ("chDB <path>" or "server <version>"); raises ClickHouseUnavailable otherwise. The embedded
+    engine is not opened here (one chDB engine per process: the audit phase opens it)."""
+    if not dsn.startswith(_SCHEMES):
+        raise ClickHouseUnavailable(f"SMC_CLICKHOUSE_DSN={dsn!r}: not a ClickHouse DSN; use chdb:///path "
+                                    "(embedded) or http://host:8123 (a server)")
+    if dsn.startswith("chdb://"):
+        path = dsn[len("chdb://"):]
+        if path and path != "memory":
+            try:
+                os.makedirs(path, exist_ok=True)
+            except OSError as exc:
+                raise ClickHouseUnavailable(f"SMC_CLICKHOUSE_DSN={dsn!r}: cannot create {path}: {exc.strerror}") from None
+        return f"chDB {path or 'memory'}"
+    import logging
+    driver_log = logging.getLogger("clickhouse_connect")
+    level = driver_log.level
+    driver_log.setLevel(logging.CRITICAL)   # the failure is said once, below, not also by the driver's logger
+    try:
+        client = clickhouse_connect.get_client(dsn=dsn, connect_timeout=timeout, send_receive_timeout=timeout,
+                                               query_retries=0)
+    except Exception as exc:   # the driver's own message says why (refused, DNS, auth)
+        text = str(exc) or type(exc).__name__
+        errno = re.search(r"\[Errno -?\d+\][^\"')]*", text)
+        reason = errno.group(0).strip() if errno else text.splitlines()[0][:300]
+        raise ClickHouseUnavailable(f"no ClickHouse server at {dsn} ({reason}); start it, fix "
+                                    "SMC_CLICKHOUSE_DSN, or unset it for the embedded chDB") from None
+    finally:
+        driver_log.setLevel(level)
+    try:
+        return f"server {client.server_version}"
+    finally:
+        client.close()
+
+
 def run_database(namespace: str) -> str:
     """The database of one run's audit trail, named after its namespace (identifier-safe)."""
     return "smc_" + re.sub(r"\W", "_", namespace)

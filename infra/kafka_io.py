@@ -25,6 +25,20 @@ def admin(settings: Settings) -> AdminClient:
     return AdminClient({"bootstrap.servers": settings.kafka_bootstrap, "logger": _quiet()})
 
 
+class BrokerUnavailable(RuntimeError):
+    """No Kafka broker answers at the configured bootstrap: said within seconds, with the fix."""
+
+
+def require_broker(settings: Settings, timeout: float = 5.0) -> None:
+    """Fail fast (within `timeout` s) when no broker answers a metadata request at settings.kafka_bootstrap."""
+    try:
+        admin(settings).list_topics(timeout=timeout)
+    except KafkaException as exc:
+        raise BrokerUnavailable(f"no Kafka broker answers at {settings.kafka_bootstrap} ({exc.args[0].str()}); "
+                                "set SMC_KAFKA_BOOTSTRAP to the run's broker, or `smc broker start` "
+                                "starts the local one") from None
+
+
 def topic(settings: Settings, base: str) -> str:
     return topic_name(base, settings.namespace)
 

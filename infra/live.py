@@ -338,6 +338,23 @@ class LiveSupervisor:
 
 
 # ---- the entry point --------------------------------------------------------------------------------
+def status_verdict(snap: dict | None, age_s: float | None, max_age_s: float) -> tuple[bool, str]:
+    """`smc health`: healthy when the supervisor wrote its status lately, every part runs and the
+    processors worker is not stalled (processors.health). Pure: the caller reads the file and its age."""
+    if snap is None or age_s is None:
+        return False, "no live status (is `smc run --live-data` running with this SMC_DATA_DIR?)"
+    if age_s > max_age_s:
+        return False, f"live status not written for {age_s:.0f} s (the supervisor is not running)"
+    down = {name: c.get("state") for name, c in (snap.get("children") or {}).items() if c.get("state") != "running"}
+    if down or not snap.get("children"):
+        return False, "not running: " + (", ".join(f"{n} {st}" for n, st in sorted(down.items())) or "no parts")
+    health = snap.get("worker_health") or {}
+    state, detail = health.get("state", UNKNOWN), health.get("detail", "")
+    if state == STALLED:
+        return False, f"processors stalled: {detail}"
+    return True, f"ok: {len(snap['children'])} parts running, processors {state} ({detail}), up {snap.get('uptime_s', 0):.0f} s"
+
+
 def check_trading(settings: Settings, trade_live: bool) -> list[str]:
     """The executor's arguments for the configured broker; LiveError when the setup is refused."""
     if settings.broker not in ("paper", "binance"):

@@ -153,6 +153,11 @@ def run_backtest(settings: Settings, plan: BacktestPlan, *, explicit_broker: boo
     result = RunResult(namespace=ns, plan=plan, database=database)
     t = {}
 
+    from infra.clickhouse import ClickHouseUnavailable, check_dsn
+    try:   # before the broker: a dead DSN is said in seconds, not after the whole run
+        check_dsn(settings.clickhouse_dsn)
+    except ClickHouseUnavailable as exc:
+        raise PipelineError(str(exc)) from None
     t0 = time.monotonic()
     try:
         broker = BrokerHandle(base_settings, explicit_broker)   # the broker's data outlives the run

@@ -35,6 +35,8 @@ class Settings:
     symbols_per_shard: int = 50                  # SMC_SYMBOLS_PER_SHARD (<= 200 streams per connection)
     equity: float = 10_000.0                     # SMC_EQUITY: paper starting equity (USDT)
     delivery_timeout_s: float = 300.0            # SMC_DELIVERY_TIMEOUT_S: how long the processors wait out a broker outage, then exit non-zero
+    metrics_port: int = 0                        # SMC_METRICS_PORT: Prometheus /metrics of the processors worker; the executor serves port + 1; 0 = off
+    metrics_addr: str = "127.0.0.1"              # SMC_METRICS_ADDR: the address the metrics endpoints bind (0.0.0.0 for a scraper elsewhere)
     api_key: str = field(default="", repr=False)      # BINANCE_API_KEY (environment only)
     api_secret: str = field(default="", repr=False)   # BINANCE_API_SECRET (environment only)
 
@@ -49,16 +51,43 @@ class Settings:
 _SECRET_ENV = {"api_key": "BINANCE_API_KEY", "api_secret": "BINANCE_API_SECRET"}
 
 
-def _coerce(name: str, raw: str | int | float | bool, default):
+class SettingsError(ValueError):
+    """A setting that cannot be read: names the setting, where it came from, the value and what is valid."""
+
+
+_TRUE, _FALSE = ("1", "true", "yes", "on"), ("0", "false", "no", "off", "")
+
+
+def _coerce(name: str, raw: str | int | float | bool, default, source: str = "SMC_*", typed: bool = False):
+    """An environment variable's text parsed to the setting's type; a TOML value (typed=True) must
+    already have that type (partitions = "6" is a mistake in the file, not a 6)."""
+    def bad(expected: str) -> SettingsError:
+        return SettingsError(f"setting {name} ({source}) = {raw!r}: expected {expected}")
     if isinstance(default, bool):
         if isinstance(raw, bool):
             return raw
-        return str(raw).strip().lower() in ("1", "true", "yes", "on")
+        text = str(raw).strip().lower()
+        if not typed and isinstance(raw, str) and text in _TRUE + _FALSE:
+            return text in _TRUE
+        raise bad("a boolean (true/false)" if typed else "a boolean (1/0, true/false, yes/no, on/off)")
+    if isinstance(raw, bool) or (typed and not isinstance(raw, str if isinstance(default, str) else
+                                                         (int, float) if isinstance(default, float) else int)):
+        raise bad("an integer" if isinstance(default, int) else "a number" if isinstance(default, float) else "a string")
     if isinstance(default, int):
-        return int(raw)
+        if isinstance(raw, float):
+            raise bad("an integer")
+        try:
+            return int(raw)
+        except ValueError:
+            raise bad("an integer") from None
     if isinstance(default, float):
-        return float(raw)
-    return str(raw)
+        try:
+            return float(raw)
+        except ValueError:
+            raise bad("a number") from None
+    if not isinstance(raw, str):
+        raise bad("a string")
+    return raw
 
 
 def load_settings(config_file: str | os.PathLike | None = None, env: dict[str, str] | None = None) -> Settings:
@@ -66,11 +95,20 @@ def load_settings(config_file: str | os.PathLike | None = None, env: dict[str, s
     config_file = config_file or env.get("SMC_CONFIG")
     file_values: dict = {}
     if config_file:
-        with open(config_file, "rb") as fh:
-            file_values = tomllib.load(fh)
+        try:
+            with open(config_file, "rb") as fh:
+                file_values = tomllib.load(fh)
+        except FileNotFoundError:
+            raise SettingsError(f"settings file not found: {config_file}") from None
+        except tomllib.TOMLDecodeError as exc:
+            raise SettingsError(f"settings file {config_file} is not valid TOML: {exc}") from None
+        unknown = sorted(set(file_values) - {f.name for f in dataclasses.fields(Settings)})
+        if unknown:   # a typo must not be silently ignored
+            raise SettingsError(f"unknown setting(s) {unknown} in {config_file}; known: "
+                                + ", ".join(f.name for f in dataclasses.fields(Settings) if f.name not in _SECRET_ENV))
         leaked = set(file_values) & set(_SECRET_ENV)
         if leaked:
-            raise ValueError(f"secrets {sorted(leaked)} must come from the environment, not {config_file}")
+            raise SettingsError(f"secrets {sorted(leaked)} must come from the environment, not {config_file}")
     base = Settings()
     values = {}
     for f in dataclasses.fields(Settings):
@@ -78,8 +116,9 @@ def load_settings(config_file: str | os.PathLike | None = None, env: dict[str, s
         if f.name in _SECRET_ENV:
             values[f.name] = env.get(_SECRET_ENV[f.name], "")
             continue
-        raw = env.get(f"SMC_{f.name.upper()}", file_values.get(f.name))
-        values[f.name] = default if raw is None else _coerce(f.name, raw, default)
+        var = f"SMC_{f.name.upper()}"
+        raw, source = (env[var], var) if var in env else (file_values.get(f.name), str(config_file))
+        values[f.name] = default if raw is None else _coerce(f.name, raw, default, source, typed=var not in env)
     return Settings(**values)
 
 

@@ -1,4 +1,4 @@
-"""`python -m processors worker`: run the stream processors as a Faust worker (SIGTERM stops it cleanly).
+"""`python -m processors [worker]`: run the stream processors as a Faust worker (SIGTERM stops it cleanly).
 
 SMC_DEBUG_LOGGERS=aiokafka.consumer,faust.tables.recovery turns on DEBUG for just those loggers (the rest
 stays at --loglevel): the way to look inside a rebalance without drowning in every library's debug output.
@@ -17,7 +17,8 @@ from schemas import topic_name
 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="python -m processors")
-    ap.add_argument("command", choices=["worker"])
+    ap.add_argument("command", nargs="?", choices=["worker"], default="worker",
+                    help="worker (the default and only command): run the stream processors until SIGTERM")
     ap.add_argument("--config", default=None, help="optional TOML settings file")
     ap.add_argument("--loglevel", default="warning")
     args = ap.parse_args(argv)
@@ -54,6 +55,16 @@ def main(argv: list[str] | None = None) -> int:
     @app.task
     async def _settle_gc():     # short full GC passes: the start-up objects are never garbage
         logging.getLogger("smc.processors").info("gc: %d start-up objects frozen", freeze_startup_objects())
+
+    if settings.metrics_port:   # Prometheus /metrics from the stats the agent keeps (processors/metrics.py)
+        from infra.metrics import serve
+        from processors.metrics import collector
+        try:
+            serve(settings.metrics_port, collector(lambda: app.smc_stats), settings.metrics_addr)
+        except OSError as exc:
+            print(f"processors worker: cannot serve metrics on {settings.metrics_addr}:{settings.metrics_port} "
+                  f"(SMC_METRICS_PORT): {exc.strerror}", file=sys.stderr)
+            return 2
 
     worker = Worker(app, loglevel="debug" if debug_loggers else args.loglevel, quiet=True, redirect_stdouts=False)
     worker.execute_from_commandline()

@@ -378,13 +378,16 @@ def create_app(settings: Settings) -> faust.App:
         delivery.close()
 
     stats_file = os.environ.get("SMC_STATS_FILE")
-    if stats_file:  # tests and the main job read per-worker progress from here
+    if stats_file or settings.metrics_port:  # tests, the main job and the supervisor read the file; scrapes the dict
         @app.timer(0.5)
         async def _dump_stats():
             mine = [tp for tp in app.consumer.assignment() if tp.topic == klines_topic]
+            # whole values replaced, never mutated: a scrape (another thread) reads a consistent dict
             stats["positions"] = {str(tp.partition): gate.expected(tp.partition) for tp in mine}
             stats["end_offsets"] = {str(tp.partition): app.consumer.highwater(tp) for tp in mine}
             stats["delivering_for_s"] = round(time.monotonic() - delivery.waiting_since, 1) if delivery.waiting_since else 0.0
+            if not stats_file:
+                return
             tmp = stats_file + ".tmp"
             with open(tmp, "wb") as fh:
                 fh.write(orjson.dumps(stats))

@@ -14,16 +14,20 @@ from dataclasses import dataclass, field
 OK, CATCHING_UP, STALLED, UNKNOWN = "ok", "catching up", "stalled", "unknown"
 
 
+def partition_lag(stats: dict) -> dict[str, int | None]:
+    """Records left to take per `klines` partition the worker holds; None where the end is not known yet."""
+    positions, ends = stats.get("positions") or {}, stats.get("end_offsets") or {}
+    out: dict[str, int | None] = {}
+    for p, end in ends.items():
+        expected = positions.get(p)
+        out[p] = None if end is None else max(0, end - (expected if expected is not None else 0))
+    return out
+
+
 def lag(stats: dict) -> int | None:
     """Records left to take over the worker's partitions; None when the ends are not known yet."""
-    positions, ends = stats.get("positions") or {}, stats.get("end_offsets") or {}
-    total = 0
-    for p, end in ends.items():
-        if end is None:
-            return None
-        expected = positions.get(p)
-        total += max(0, end - (expected if expected is not None else 0))
-    return total
+    per = partition_lag(stats)
+    return None if any(v is None for v in per.values()) else sum(per.values())
 
 
 @dataclass

@@ -29,6 +29,9 @@ def registry(partitions: int = 6) -> dict[str, TopicSpec]:
         "equity": TopicSpec("equity", "account", "Equity", 1),
         "alerts": TopicSpec("alerts", "symbol", "Alert", 1),
         "dlq": TopicSpec("dlq", "stage", "Reject", 1),
+        # the executor's own: its snapshot (one key, compacted) and the operator's commands
+        "executor-state": TopicSpec("executor-state", "account", "executor snapshot (JSON)", 1, cleanup="compact"),
+        "executor-commands": TopicSpec("executor-commands", "cmd", "operator command (JSON)", 1),
     }
 
 

@@ -81,8 +81,10 @@ def test_live_mode_end_to_end(settings, tmp_path):
     with FakeBinance(build_exchange_info(NAMES), start_ms=origin) as fb:
         # the fake market runs 2 h ahead of the wall clock (so ingest's wall-clock gap checks never see its
         # future bars as missing): declare its range, or the processors reject its bars as from the future
+        metrics_port = _free_port_pair()
         s = settings.with_(binance_rest_url=fb.rest_url, binance_ws_url=fb.ws_url,
-                           clickhouse_dsn=f"chdb://{tmp_path / 'chdb'}", replay_end=origin + 24 * htf)
+                           clickhouse_dsn=f"chdb://{tmp_path / 'chdb'}", replay_end=origin + 24 * htf,
+                           metrics_port=metrics_port)
         stop = threading.Event()
         result: dict = {}
 
@@ -112,6 +114,14 @@ def test_live_mode_end_to_end(settings, tmp_path):
             wait_for(lambda: group_lag(s, kafka_io.group(s, "executor"), ["signals"]) == 0, 60,
                      "the executor consumed every signal")
             wait_for(lambda: kafka_io.topic_size(s, "decisions") > 0, 30, "decisions")
+            # the Prometheus endpoints moved with the work: every signal counted by both, no lag left
+            wait_for(lambda: _scrape(metrics_port).get("smc_processors_signals_total") == n_signals, 10,
+                     "the worker's signals counter")
+            scraped = _scrape_all(metrics_port)
+            assert scraped["smc_processors_klines_total"][0] >= n_klines
+            assert scraped["smc_processors_partition_lag"] and set(scraped["smc_processors_partition_lag"]) == {0.0}
+            wait_for(lambda: _scrape(metrics_port + 1).get("smc_executor_signals_total") == n_signals, 10,
+                     "the executor's signals counter")
             status = json.loads(status_path.read_text())
             assert set(status["children"]) == {"audit", "executor", "processors", "ingest"}
             assert all(c["state"] == "running" and c["restarts"] == 0 for c in status["children"].values()), status
@@ -204,8 +214,9 @@ def test_smc_run_live_data_stops_on_ctrl_c(settings, tmp_path):
     """The real command in its own process: `smc run --live-data`, then SIGINT: exit 0, no child left."""
     from infra.settings import to_env
     with FakeBinance(build_exchange_info(NAMES)) as fb:
+        metrics_port = _free_port_pair()
         s = settings.with_(binance_rest_url=fb.rest_url, binance_ws_url=fb.ws_url,
-                           clickhouse_dsn=f"chdb://{tmp_path / 'chdb'}")
+                           clickhouse_dsn=f"chdb://{tmp_path / 'chdb'}", metrics_port=metrics_port)
         env = dict(os.environ, **to_env(s))
         proc = subprocess.Popen([sys.executable, "-m", "infra.cli", "run", "--live-data"], cwd=REPO_ROOT, env=env,
                                 stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
@@ -223,6 +234,12 @@ def test_smc_run_live_data_stops_on_ctrl_c(settings, tmp_path):
             wait_for(lambda: sum(len(c) for c in fb.connections()) == len(NAMES) or proc.poll() is not None, 30,
                      "the ingest subscribed")
             assert proc.poll() is None, proc.stdout.read().decode(errors="replace")[-3000:]
+            # what an operator's tools see of the live run: `smc health` and both Prometheus endpoints
+            health = subprocess.run([sys.executable, "-m", "infra.cli", "health"], cwd=REPO_ROOT, env=env,
+                                    capture_output=True, text=True, timeout=60)
+            assert health.returncode == 0 and health.stdout.startswith("ok: 4 parts running"), health.stdout
+            wait_for(lambda: "smc_processors_klines_total" in _scrape(metrics_port), 30, "the worker's metrics")
+            assert "smc_executor_signals_total" in _scrape(metrics_port + 1)
             pids = [c["pid"] for c in json.loads(status_path.read_text())["children"].values()]
             proc.send_signal(signal.SIGINT)
             text = proc.communicate(timeout=90)[0].decode(errors="replace")
@@ -233,3 +250,49 @@ def test_smc_run_live_data_stops_on_ctrl_c(settings, tmp_path):
     assert proc.returncode == 0, text[-3000:]
     assert "stopped: ingest exit 0, processors exit 0, executor exit 0, audit exit 0" in text, text[-3000:]
     assert all(_gone(p) for p in pids), pids
+    after = subprocess.run([sys.executable, "-m", "infra.cli", "health"], cwd=REPO_ROOT, env=env,
+                           capture_output=True, text=True, timeout=60)
+    assert after.returncode == 1 and after.stdout.startswith("not running: "), after.stdout
+
+
+def _free_port_pair() -> int:
+    import socket
+    for _ in range(50):
+        with socket.socket() as a, socket.socket() as b:
+            a.bind(("127.0.0.1", 0))
+            port = a.getsockname()[1]
+            try:
+                b.bind(("127.0.0.1", port + 1))
+            except OSError:
+                continue
+            return port
+    raise RuntimeError("no two adjacent free ports")
+
+
+def _scrape_all(port: int) -> dict[str, list[float]]:
+    import urllib.request
+    from prometheus_client.parser import text_string_to_metric_families
+    with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5) as resp:
+        text = resp.read().decode()
+    out: dict[str, list[float]] = {}
+    for fam in text_string_to_metric_families(text):
+        for sample in fam.samples:
+            out.setdefault(sample.name, []).append(sample.value)
+    return out
+
+
+def _scrape(port: int) -> dict[str, float]:
+    """name -> value of the first sample of each family (labelled families: any sample)."""
+    import urllib.request
+    from prometheus_client.parser import text_string_to_metric_families
+    try:
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5) as resp:
+            text = resp.read().decode()
+    except OSError:
+        return {}
+    out = {}
+    for fam in text_string_to_metric_families(text):
+        for sample in fam.samples:
+            out.setdefault(sample.name, sample.value)
+        out.setdefault(fam.name, 0.0)
+    return out
