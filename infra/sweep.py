@@ -14,6 +14,7 @@ rerun per value and are not in this grid.
 """
 from __future__ import annotations
 
+import dataclasses
 import itertools
 import multiprocessing as mp
 import time
@@ -59,7 +60,10 @@ def _trial(i: int) -> tuple[int, np.ndarray, int]:
     from executor.service import ExecutorService
     from infra.backtest import execute_signals
     settings, plan, configs = _CTX["settings"], _CTX["plan"], _CTX["configs"]
-    cfg = config_from_env(settings.equity, env=configs[i])
+    # the funding history was read in the parent: polars must not run in a forked child (its thread
+    # pool does not survive the fork: the trial hung in read_parquet)
+    cfg = dataclasses.replace(config_from_env(settings.equity, env={**configs[i], "SMC_EXEC_FUNDING_FILES": "none"}),
+                              funding=_CTX["funding"])
     svc = ExecutorService(settings, cfg)
     points: list[tuple[int, float]] = []
     trades = [0]
@@ -104,7 +108,8 @@ def run_sweep(settings, plan, grid: dict | None = None, workers: int = 2, window
     released: list = []
     run_in_process(settings, plan, engine_form=engine_form, released=released)
     _SIGNALS = released
-    _CTX.update(settings=settings, plan=plan, configs=configs)
+    from executor.config import config_from_env
+    _CTX.update(settings=settings, plan=plan, configs=configs, funding=config_from_env(settings.equity, env={}).funding)
     n = len(configs)
     results: dict[int, tuple[np.ndarray, int]] = {}
     with Progress(disable=not progress) as bar:
