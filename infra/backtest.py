@@ -207,6 +207,16 @@ def run_in_process(settings: Settings, plan: BacktestPlan, *, sink: Callable[[st
             execute_signals(engine, sigs, emit)
         t["executor_s"] += time.perf_counter() - t0
 
+    def execute_and_drain(msgs) -> None:
+        """Execute released signals, then hand everything emitted so far to the audit sink, in topic order."""
+        execute(msgs)
+        if sink is not None:
+            t0 = time.perf_counter()
+            for base, records in pending.items():
+                sink(base, records)
+            pending.clear()
+            t["sink_s"] += time.perf_counter() - t0
+
     if engine_form == "batch":
         import heapq
         from processors.smc import BadBar
@@ -243,11 +253,7 @@ def run_in_process(settings: Settings, plan: BacktestPlan, *, sink: Callable[[st
                     merge.add(batch)
                     batch = []
                     t["processors_s"] += time.perf_counter() - t1
-                    execute(merge.release(flush=False, limit=1 << 62))
-                    if sink is not None:
-                        for base, msgs in pending.items():
-                            sink(base, msgs)
-                        pending.clear()
+                    execute_and_drain(merge.release(flush=False, limit=1 << 62))
                     t1 = time.perf_counter()
         except BadBar as exc:
             raise PipelineError(f"{exc} (the batch form needs clean input; use the stream form)") from None
@@ -288,18 +294,8 @@ def run_in_process(settings: Settings, plan: BacktestPlan, *, sink: Callable[[st
             emit("dlq", key, encode(rej), rej)
         t["processors_s"] += time.perf_counter() - t1
         merge.add(batch)
-        execute(merge.release(flush=False, limit=1 << 62))
-        if sink is not None:
-            t2 = time.perf_counter()
-            for base, msgs in pending.items():
-                sink(base, msgs)
-            pending.clear()
-            t["sink_s"] += time.perf_counter() - t2
-    execute(merge.release(flush=True, limit=1 << 62))
-    if sink is not None:
-        for base, msgs in pending.items():
-            sink(base, msgs)
-        pending.clear()
+        execute_and_drain(merge.release(flush=False, limit=1 << 62))
+    execute_and_drain(merge.release(flush=True, limit=1 << 62))
     svc.broker.close()
     out.counts.setdefault("orders", 0)
     return out, t
