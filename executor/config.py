@@ -5,6 +5,7 @@ _LEVERAGE (position cap: notional <= 10 % of equity), SMC_EXEC_MIN_STOP_COST_X (
 as a multiple of the round-trip cost; 0 = none), SMC_EXEC_TARGET_R (risk/reward multiple of the
 target; 0 = the signal's target), SMC_EXEC_MAX_HOLD_MIN (120), SMC_EXEC_STAGNATION_MIN (30) and
 SMC_EXEC_STAGNATION_PCT (0.001 = 0.1 %). Funding: SMC_EXEC_FUNDING_FILES (the real settlement history).
+SMC_EXEC_PERCENT_PRICE (1): the PERCENT_PRICE band on limit prices (0 = off).
 
 infra.settings.Settings carries the account-wide values (equity, broker, URLs, keys); these are the
 executor's own knobs, with the documented defaults.
@@ -36,6 +37,10 @@ class ExecutorConfig:
     # unknown outcome the broker looks the stop up for up to recvWindow (5 s) + margin (1 s): keep it above.
     protect_within_ms: int = 8_000
     halt_after_failures: int = 5        # consecutive exchange errors that halt new entries (auth/ban: at once)
+    # PERCENT_PRICE band on limit prices (executor.instruments): entries outside it refused, reduce-only
+    # moved to its edge. Off (SMC_EXEC_PERCENT_PRICE=0): limit prices are only tick-rounded (the
+    # behaviour before issue 14)
+    percent_price: bool = True
 
 
 def config_from_env(start_equity: float, env: dict | None = None) -> ExecutorConfig:
@@ -74,4 +79,5 @@ def config_from_env(start_equity: float, env: dict | None = None) -> ExecutorCon
                           exchange_info=g("SMC_EXEC_EXCHANGE_INFO", ""),
                           generic_instruments=g("SMC_EXEC_GENERIC_INSTRUMENTS", "0").lower() in ("1", "true", "yes"),
                           protect_within_ms=int(g("SMC_EXEC_PROTECT_WITHIN_MS", 8_000)),
-                          halt_after_failures=int(g("SMC_EXEC_HALT_AFTER_FAILURES", 5)))
+                          halt_after_failures=int(g("SMC_EXEC_HALT_AFTER_FAILURES", 5)),
+                          percent_price=g("SMC_EXEC_PERCENT_PRICE", "1").lower() in ("1", "true", "yes"))

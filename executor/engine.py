@@ -212,7 +212,8 @@ class Engine:
         refused = ""
         if inst is not None:
             try:
-                qty, price = conform(inst, order.type, order.qty, order.price)
+                qty, price = conform(inst, order.type, order.qty, order.price, side=order.side,
+                                     reduce_only=order.reduce_only, mark=self._band_mark(order.symbol, sig))
                 if (qty, price) != (order.qty, order.price):
                     order = dataclasses.replace(order, qty=qty, price=price)
             except FilterViolation as exc:
@@ -229,6 +230,16 @@ class Engine:
             # rule take it from there
             events = [OrderUpdate(order.client_order_id, "REJECTED", order.ts, reason=f"broker_error: {self._last_error}"[:200])]
         self._apply(events, sig, out, wall_ts)
+
+    def _band_mark(self, symbol: str, sig: Signal) -> float | None:
+        """The mark PERCENT_PRICE is checked against: the latest price the engine has for the symbol
+        (its last marked close, else this signal's close); None = no band (cfg.percent_price off)."""
+        if not self.cfg.percent_price:
+            return None
+        mark = self.portfolio.marks.get(symbol, 0.0)
+        if mark <= 0 and symbol == sig.symbol:
+            mark = sig.close
+        return mark if mark > 0 else None
 
     # --- exchange errors: never out of the engine ----------------------------------------------
     def _broker_call(self, what: str, fn, *args, sig: Signal, out: list, wall_ts: int, order: Order | None = None,

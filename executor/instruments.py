@@ -13,7 +13,25 @@ the exchange refuses orders on any other.
 
 Independent of ingest.universe on purpose: `parse_exchange_info` reads the raw `GET /fapi/v1/exchangeInfo`
 payload (PRICE_FILTER.tickSize, LOT_SIZE.stepSize/minQty, MARKET_LOT_SIZE.stepSize/minQty,
-MIN_NOTIONAL.notional). All rounding goes through Decimal so 0.1 + 0.2 never leaks into a price.
+MIN_NOTIONAL.notional, PERCENT_PRICE.multiplierUp/multiplierDown). All rounding goes through Decimal
+so 0.1 + 0.2 never leaks into a price.
+
+PERCENT_PRICE on USD-M (https://developers.binance.com/docs/derivatives/usds-margined-futures/common-definition,
+"Filters" > PERCENT_PRICE): "valid range for a price based on the mark price ... the following must be
+true for price: BUY: price <= markPrice * multiplierUp; SELL: price >= markPrice * multiplierDown".
+So the band is one-sided per side (a BUY has no floor, a SELL no ceiling: only the aggressive side is
+bounded), and it constrains the limit `price` only: the same page writes "price/stopPrice" where a
+rule covers trigger prices (PRICE_FILTER) and plain "price" here. (Third-party copies of the futures
+error-code table, not checked against Binance's own page, agree: -4016 PRICE_HIGHER_THAN_MULTIPLIER_UP
+and -4024 PRICE_LOWER_THAN_MULTIPLIER_DOWN have no STOP_PRICE twin, unlike -4006/-4007 for
+PRICE_FILTER.) STOP_MARKET / TAKE_PROFIT_MARKET triggers are therefore not held to the band here, and
+MARKET orders have no price to check: Binance applies the band to a MARKET order's fills at
+execution (-4131 "The counterparty's best price does not meet the PERCENT_PRICE filter limit",
+answered on https://dev.binance.vision/t/got-the-counterpartys-best-price-does-not-meet-the-percent-price-filter-limit/10962),
+which depends on the book and cannot be decided before sending. multiplierDecimal is only the
+multipliers' precision (same answer): not used. The check takes the engine's latest price for the
+symbol as the mark (the contract's last close, not Binance's index-based mark price): near the edge
+the exchange may still refuse, and that refusal comes back as a rejected order like any other.
 """
 from __future__ import annotations
 
@@ -42,6 +60,8 @@ class Instrument:
     market_max_qty: float = 0.0     # MARKET_LOT_SIZE.maxQty
     min_price: float = 0.0          # PRICE_FILTER.minPrice / maxPrice (0 = no bound)
     max_price: float = 0.0
+    percent_up: float = 0.0         # PERCENT_PRICE.multiplierUp / multiplierDown (0 = unknown: no band)
+    percent_down: float = 0.0
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -77,12 +97,14 @@ def parse_exchange_info(payload: dict | bytes | str) -> dict[str, Instrument]:
         mn = f.get("MIN_NOTIONAL", {})
         min_notional = float(mn.get("notional", mn.get("minNotional", 0.0)))
         pf = f["PRICE_FILTER"]
+        pp = f.get("PERCENT_PRICE", {})
         out[sym["symbol"]] = Instrument(
             symbol=sym["symbol"], tick_size=tick, step_size=float(lot["stepSize"]),
             market_step_size=float(mlot.get("stepSize", lot["stepSize"])), min_notional=min_notional,
             min_qty=float(lot.get("minQty", 0.0)), market_min_qty=float(mlot.get("minQty", lot.get("minQty", 0.0))),
             max_qty=float(lot.get("maxQty", 0.0)), market_max_qty=float(mlot.get("maxQty", lot.get("maxQty", 0.0))),
-            min_price=float(pf.get("minPrice", 0.0)), max_price=float(pf.get("maxPrice", 0.0)))
+            min_price=float(pf.get("minPrice", 0.0)), max_price=float(pf.get("maxPrice", 0.0)),
+            percent_up=float(pp.get("multiplierUp", 0.0)), percent_down=float(pp.get("multiplierDown", 0.0)))
     return out
 
 
@@ -165,10 +187,45 @@ class FilterViolation(ValueError):
         super().__init__(f"filter {filter_name}: {detail}")
 
 
-def conform(inst: Instrument, order_type: str, qty: float, price: float) -> tuple[float, float]:
-    """(qty, price) corrected to the filters (quantity down to the step, trigger price to the nearest
-    tick), or FilterViolation when a correction cannot make it valid. MARKET orders use MARKET_LOT_SIZE.
-    Minimum notional is the sizing's business (entries below it are skipped; reduce-only is exempt)."""
+LIMIT_PRICED = ("LIMIT",)     # order types whose `price` is a limit price (the rest: none, or a trigger)
+
+
+def percent_price_band(inst: Instrument, side: str, mark: float) -> tuple[float, float]:
+    """The prices PERCENT_PRICE lets a `side` (BUY | SELL) limit order have at `mark`, as an inclusive
+    (low, high) on the tick grid: BUY (0, floor_tick(mark * multiplierUp)), SELL
+    (ceil_tick(mark * multiplierDown), inf); (0, inf) when the filter or the mark is unknown."""
+    if side not in ("BUY", "SELL"):
+        raise ValueError(f"side must be BUY or SELL, not {side!r}")
+    if not (mark > 0 and math.isfinite(mark)):
+        return 0.0, math.inf
+    if side == "BUY":
+        if inst.percent_up <= 0:
+            return 0.0, math.inf
+        return 0.0, _tick_edge(_dec(mark) * _dec(inst.percent_up), inst.tick_size, ROUND_FLOOR)
+    if inst.percent_down <= 0:
+        return 0.0, math.inf
+    return _tick_edge(_dec(mark) * _dec(inst.percent_down), inst.tick_size, ROUND_CEILING), math.inf
+
+
+def _tick_edge(limit: Decimal, tick: float, rounding: str) -> float:
+    # the last tick inside the band (exact in decimal: mark * multiplier is not itself on the grid)
+    if tick <= 0:
+        return float(limit)
+    t = _dec(tick)
+    return float((limit / t).quantize(Decimal(1), rounding=rounding) * t)
+
+
+def conform(inst: Instrument, order_type: str, qty: float, price: float, *, side: str = "",
+            reduce_only: bool = False, mark: float | None = None) -> tuple[float, float]:
+    """(qty, price) corrected to the filters (quantity down to the step, price / trigger price to the
+    nearest tick), or FilterViolation when a correction cannot make it valid. MARKET orders use
+    MARKET_LOT_SIZE. Minimum notional is the sizing's business (entries below it are skipped;
+    reduce-only is exempt).
+
+    PERCENT_PRICE (limit prices only, see the module docstring) is checked when a `mark` is given: an
+    entry outside the band is refused; a reduce-only price is moved to the band's edge instead, since
+    an exit must go through and the edge is still on its aggressive side of the market (a SELL limit
+    below mark * multiplierDown sells at the bid either way), so the exit keeps its meaning."""
     market = order_type == "MARKET"
     step = inst.market_step_size if market else inst.step_size
     lot = "MARKET_LOT_SIZE" if market else "LOT_SIZE"
@@ -182,8 +239,22 @@ def conform(inst: Instrument, order_type: str, qty: float, price: float) -> tupl
     p = price
     if not market:
         p = round_to(price, inst.tick_size, "nearest")
+        if order_type in LIMIT_PRICED and mark is not None:
+            p = _within_percent_price(inst, side, p, mark, reduce_only)
         if inst.min_price > 0 and p < inst.min_price:
             raise FilterViolation("PRICE_FILTER.minPrice", f"price {price} below {inst.min_price}")
         if inst.max_price > 0 and p > inst.max_price:
             raise FilterViolation("PRICE_FILTER.maxPrice", f"price {price} above {inst.max_price}")
     return q, p
+
+
+def _within_percent_price(inst: Instrument, side: str, price: float, mark: float, reduce_only: bool) -> float:
+    low, high = percent_price_band(inst, side, mark)
+    if low <= price <= high:
+        return price
+    if reduce_only:
+        return min(max(price, low), high)
+    which, mult = ("multiplierUp", inst.percent_up) if side == "BUY" else ("multiplierDown", inst.percent_down)
+    raise FilterViolation(f"PERCENT_PRICE.{which}",
+                          f"{side} price {price} outside the band [{low}, {high}] at mark {mark} "
+                          f"(x {which} {mult})")
