@@ -93,7 +93,11 @@ def read_kline_csv(data: bytes, name: str) -> pl.DataFrame:
         raise ReplayError(f"replay file is empty: {name}")
     has_header = not first.split(",")[0].strip().lstrip("-").isdigit()
     if has_header:
-        df = pl.read_csv(data, infer_schema_length=10_000)
+        # prices/volumes as floats whatever the first rows look like (a coin quoted in whole numbers
+        # for 10,000 rows would otherwise be inferred as integers and fail on its first decimal)
+        names = [n.strip() for n in first.split(",")]
+        floats = {n: pl.Float64 for n in names if _DUMP_HEADER.get(n, n) in _FLOATS}
+        df = pl.read_csv(data, infer_schema_length=10_000, schema_overrides=floats)
         return df.rename({k: v for k, v in _DUMP_HEADER.items() if k in df.columns and v not in df.columns})
     ncols = len(first.split(","))
     if ncols != 12:

@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import csv
 import hashlib
-import zipfile
 from datetime import datetime, timezone
 from pathlib import Path
 
@@ -346,3 +345,14 @@ def test_funding_pages_past_1000_rows_with_pages_capped_below_the_limit(fake, da
         assert asked == [start] + [times[i] + 1 for i in page_ends]
         assert all(int(q["limit"]) == 1000 and int(q["endTime"]) == end - 1
                    for p, q in data.requests if p == dl.FUNDING_PATH and q["symbol"] == s)
+
+
+def test_header_csv_prices_are_floats_even_when_the_first_rows_are_whole_numbers():
+    # a coin quoted in whole numbers for more rows than polars infers from must not fail on its first decimal
+    from ingest.replay import read_kline_csv
+    t0 = ms("2025-05-01")
+    rows = [f"{t0 + i * STEP},7,7,7,7,5,{t0 + i * STEP + STEP - 1},35,1,2,14,0" for i in range(10_001)]
+    rows.append(f"{t0 + 10_001 * STEP},7.5,7.5,7.5,7.5,5,{t0 + 10_002 * STEP - 1},37.5,1,2,15,0")
+    df = read_kline_csv((DUMP_HEADER + "\n" + "\n".join(rows) + "\n").encode(), "x.csv")
+    assert df.height == 10_002 and df["open"][-1] == 7.5 and df.schema["open"] == pl.Float64
+    assert df["trades"].sum() == 10_002                    # the dump header's `count` is read as trades
