@@ -45,6 +45,7 @@ class BinanceData:
         self.funding: dict[str, list[dict]] = {}
         self.page_max = page_max
         self.requests: list[tuple[str, dict]] = []
+        self.fail_funding: list[tuple[int, str]] = []    # (status, Retry-After) answers for the next requests
 
     def add_zip(self, path: str, csv_bytes: bytes, checksum: str | None = None) -> bytes:
         """Serve a zip of csv_bytes at `path` and its CHECKSUM (the true one unless `checksum` is given)."""
@@ -69,6 +70,10 @@ class BinanceData:
     async def _funding_rate(self, request: web.Request) -> web.Response:
         q = dict(request.query)
         self.requests.append((request.path, q))
+        if self.fail_funding:
+            status, retry_after = self.fail_funding.pop(0)
+            return web.json_response({"code": -1003, "msg": "Too many requests."}, status=status,
+                                     headers={"Retry-After": retry_after})
         try:
             limit = int(q.get("limit", 100))
             start = int(q["startTime"]) if "startTime" in q else None

@@ -356,3 +356,18 @@ def test_header_csv_prices_are_floats_even_when_the_first_rows_are_whole_numbers
     df = read_kline_csv((DUMP_HEADER + "\n" + "\n".join(rows) + "\n").encode(), "x.csv")
     assert df.height == 10_002 and df["open"][-1] == 7.5 and df.schema["open"] == pl.Float64
     assert df["trades"].sum() == 10_002                    # the dump header's `count` is read as trades
+
+
+def test_rate_limit_answers_wait_their_retry_after_and_the_request_is_repeated(fake, data):
+    start, end = ms("2025-05-10"), ms("2025-05-12")
+    rows = real_funding_rows("BTCUSDT", start, end)
+    data.funding["BTCUSDT"] = funding_payload("BTCUSDT", rows)
+    data.fail_funding = [(429, "3"), (503, "")]
+    slept = []
+    with httpx.Client() as client:
+        got = dl.fetch_funding(dl._Http(client, sleep=slept.append), fake.rest_url, ["BTCUSDT"], start, end)
+    assert [r["fundingTime"] for r in got] == [int(t) for t, _, _ in rows]
+    assert slept[0] == 3.0 and len(slept) == 2                     # Retry-After, then a backoff for the 503
+    data.fail_funding = [(418, "1")] * 5
+    with httpx.Client() as client, pytest.raises(dl.DownloadError, match="failed 5 times"):
+        dl.fetch_funding(dl._Http(client, sleep=lambda s: None), fake.rest_url, ["BTCUSDT"], start, end)
