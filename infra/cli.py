@@ -122,6 +122,53 @@ def cmd_sweep(args) -> int:
 # --- end smc backtest ----------------------------------------------------------------------------------
 
 
+def _interval_name(value: str) -> str:
+    from schemas import SchemaError, interval_ms
+    try:
+        interval_ms(value)
+    except SchemaError:
+        raise argparse.ArgumentTypeError(f"{value!r} is not an interval (use e.g. 1m, 5m, 1h)") from None
+    return value
+
+
+def _period_name(value: str) -> str:
+    from ingest.download import DownloadError, check_period
+    try:
+        return check_period(value)
+    except DownloadError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+
+
+def cmd_data_download(args) -> int:
+    from ingest.download import DATA_URL, DownloadError, download
+    console, err = Console(), Console(stderr=True)
+    rest_url = args.rest_url or load_settings(args.config).binance_rest_url
+    symbols = [s for s in args.symbols.split(",") if s.strip()]
+    try:
+        res = download(symbols, args.start, args.end, args.interval, args.base_url or DATA_URL, rest_url,
+                       args.out, args.period, monthly=not args.daily, overwrite=args.overwrite,
+                       progress=not args.no_progress)
+    except DownloadError as exc:
+        err.print(f"[red]error:[/] {exc}", soft_wrap=True)   # URLs and hashes stay whole
+        return 1
+    monthly = sum(f.kind == "monthly" for f in res.files)
+    console.print(f"{len(res.files)} zips verified against their CHECKSUM ({monthly} monthly, "
+                  f"{len(res.files) - monthly} daily), {res.klines.height:,} bars of {res.klines['symbol'].n_unique()} "
+                  f"symbol(s), {res.funding.height:,} funding settlements")
+    if res.gaps:
+        from schemas import interval_ms
+        step = interval_ms(args.interval)
+        total = sum(g.bars for g in res.gaps)
+        err.print(f"[yellow]{total:,} bar(s) missing in {len(res.gaps)} gap(s) (not filled):[/]")
+        for g in res.gaps[:20]:
+            err.print("  " + g.describe(step))
+        if len(res.gaps) > 20:
+            err.print(f"  ... and {len(res.gaps) - 20} more")
+    for name, rows, digest in res.written:
+        console.print(f"wrote {Path(args.out) / name}  {rows:,} rows  sha256 {digest}...")
+    return 0
+
+
 def cmd_health(args) -> int:
     import time
     import orjson
@@ -344,6 +391,26 @@ def main(argv: list[str] | None = None) -> int:
     t.add_argument("--interval", default=DEFAULT_INTERVAL,
                    help="bar interval when the run's saved settings are not found (they carry it)")
     t.set_defaults(fn=cmd_replay_topic)
+
+    dp = sub.add_parser("data", help="fetch real market data into the recorded layout (smc data download --help)")
+    dsub = dp.add_subparsers(dest="data_cmd", required=True)
+    dl = dsub.add_parser("download", help="Binance USD-M klines (data.binance.vision dumps, sha256-checked) and "
+                         "funding (/fapi/v1/fundingRate) -> <out>/perps_<interval>_<period>.parquet, funding_<period>.parquet")
+    dl.add_argument("--symbols", required=True, help="comma-separated USD-M symbols, e.g. BTCUSDT,ETHUSDT")
+    dl.add_argument("--start", type=_when, required=True, help="first open time (ISO date/datetime, UTC, or epoch ms)")
+    dl.add_argument("--end", type=_when, required=True, help="end, exclusive (ISO date/datetime, UTC, or epoch ms)")
+    dl.add_argument("--interval", default="1m", type=_interval_name, help="kline interval of the dumps (default 1m)")
+    dl.add_argument("--base-url", help="dump server (default https://data.binance.vision)")
+    dl.add_argument("--rest-url", help="USD-M REST for fundingRate (default SMC_BINANCE_REST_URL, https://fapi.binance.com)")
+    dl.add_argument("--out", default=str(REPO_ROOT / "ingest" / "recorded"),
+                    help="directory (default ingest/recorded, where the loaders look)")
+    dl.add_argument("--period", type=_period_name,
+                    help="name in the file names (default from the dates: 2025-01 for a whole month, else "
+                         "2025-01-01-2025-01-03)")
+    dl.add_argument("--daily", action="store_true", help="daily zips only (a month whose monthly zip is not out yet)")
+    dl.add_argument("--overwrite", action="store_true", help="replace existing files of the same period")
+    dl.add_argument("--no-progress", action="store_true")
+    dl.set_defaults(fn=cmd_data_download)
 
     hc = sub.add_parser("health", help="one line on the live run (live/status.json); exit 0 healthy, 1 not")
     hc.add_argument("--max-age", type=float, default=30.0,

@@ -42,6 +42,33 @@ def _frame(files: list[Path], suffix: str, schema: dict) -> pl.DataFrame:
     return pl.concat(parts).sort(["symbol", next(iter(schema))])
 
 
+class PackError(RuntimeError):
+    """A packed file did not read back equal to its frame (nothing of that batch was put in place)."""
+
+
+def write_verified(frames: dict[Path, pl.DataFrame]) -> list[tuple[str, int, str]]:
+    """Write each frame as zstd-19 Parquet, read every file back and compare it with its frame, and
+    only then move them all into place: either every file of the batch is written, or none is (a
+    failed comparison leaves the old files, if any, untouched). Returns (name, rows, sha256 prefix)."""
+    temps = []
+    try:
+        for path, df in frames.items():
+            tmp = path.with_name(path.name + ".tmp")
+            temps.append(tmp)
+            df.write_parquet(tmp, compression="zstd", compression_level=19, statistics=True)
+            if not pl.read_parquet(tmp).equals(df):
+                raise PackError(f"{path}: read back differs from the frame written")
+        written = []
+        for (path, df), tmp in zip(frames.items(), temps):
+            digest = hashlib.sha256(tmp.read_bytes()).hexdigest()[:16]
+            tmp.replace(path)
+            written.append((path.name, df.height, digest))
+        return written
+    finally:
+        for tmp in temps:
+            tmp.unlink(missing_ok=True)
+
+
 def pack(shared: Path, out: Path = RECORDED) -> list[tuple[str, int, str]]:
     written = []
     for name, kdir, fdir in SETS:
@@ -50,15 +77,13 @@ def pack(shared: Path, out: Path = RECORDED) -> list[tuple[str, int, str]]:
         mfiles = sorted((shared / fdir).glob("*-mark-8h.csv"))
         if not kfiles or not ffiles:
             raise SystemExit(f"no klines or funding files under {shared / kdir} / {shared / fdir}")
-        for kind, files, schema in (("perps_1m", kfiles, KLINE_SCHEMA), ("funding", ffiles, FUNDING_SCHEMA),
-                                    ("mark_8h", mfiles, MARK_SCHEMA)):
-            df = _frame(files, kind, schema)
-            path = out / f"{kind}_{name}.parquet"
-            df.write_parquet(path, compression="zstd", compression_level=19, statistics=True)
-            back = pl.read_parquet(path)
-            if not back.equals(df):
-                raise SystemExit(f"{path}: read back differs from the CSVs")
-            written.append((path.name, df.height, hashlib.sha256(path.read_bytes()).hexdigest()[:16]))
+        try:
+            written += write_verified({out / f"{kind}_{name}.parquet": _frame(files, kind, schema)
+                                       for kind, files, schema in (("perps_1m", kfiles, KLINE_SCHEMA),
+                                                                   ("funding", ffiles, FUNDING_SCHEMA),
+                                                                   ("mark_8h", mfiles, MARK_SCHEMA))})
+        except PackError as exc:
+            raise SystemExit(f"{exc} (the CSVs)") from None
     return written
 
 

@@ -10,7 +10,9 @@ Supported layouts (detected from the columns / first line):
   * Parquet or CSV with a header and a `volume` column (klines_1h*.parquet, shared/data/klines_1h/*.csv)
   * Parquet or CSV with a header and `quote_volume` but no `volume` (klines_1m_btc.parquet, BTC-PERP CSV)
   * Binance 12-column dumps without header (open_time, open, high, low, close, volume, close_time,
-    quote_volume, trades, taker_buy_base, taker_buy_quote, ignore), e.g. BINANCE-SPOT-ADABTC-1m-*.csv
+    quote_volume, trades, taker_buy_base, taker_buy_quote, ignore), e.g. BINANCE-SPOT-ADABTC-1m-*.csv,
+    and the newer dumps with a header row (count, taker_buy_volume, taker_buy_quote_volume are read as
+    trades, taker_buy_base, taker_buy_quote)
 A file without a `symbol` column takes its symbol from the file name (`BTCUSDT-1h.csv`,
 `BINANCE-SPOT-ADABTC-1m-2021-11-27.csv`, `BTC-PERP-1m-2022-01.csv` -> BTCUSDT) or from `symbol=`.
 
@@ -40,6 +42,9 @@ COLUMNS = ["symbol", "open_time", "close_time", "open", "high", "low", "close", 
 DUMP_COLUMNS = ["open_time", "open", "high", "low", "close", "volume", "close_time", "quote_volume",
                 "trades", "taker_buy_base", "taker_buy_quote", "ignore"]
 _FLOATS = ["open", "high", "low", "close", "volume", "quote_volume", "taker_buy_base", "taker_buy_quote"]
+# the header row of newer data.binance.vision dumps (open_time,open,high,low,close,volume,close_time,
+# quote_volume,count,taker_buy_volume,taker_buy_quote_volume,ignore) -> the names used here
+_DUMP_HEADER = {"count": "trades", "taker_buy_volume": "taker_buy_base", "taker_buy_quote_volume": "taker_buy_quote"}
 
 
 class ReplayError(ValueError):
@@ -79,6 +84,28 @@ def parse_time(value: str | int | None) -> int | None:
     return int(dt.timestamp() * 1000)
 
 
+def read_kline_csv(data: bytes, name: str) -> pl.DataFrame:
+    """A kline CSV's rows as read (no symbol, not normalised): with a header row (its names kept;
+    Binance's dump header is mapped onto DUMP_COLUMNS), or Binance's 12-column dump layout without one.
+    `name` is only for error messages (a file path, or the member of a downloaded zip)."""
+    first = data.split(b"\n", 1)[0].decode(errors="replace").strip()
+    if not first:
+        raise ReplayError(f"replay file is empty: {name}")
+    has_header = not first.split(",")[0].strip().lstrip("-").isdigit()
+    if has_header:
+        # prices/volumes as floats whatever the first rows look like (a coin quoted in whole numbers
+        # for 10,000 rows would otherwise be inferred as integers and fail on its first decimal)
+        names = [n.strip() for n in first.split(",")]
+        floats = {n: pl.Float64 for n in names if _DUMP_HEADER.get(n, n) in _FLOATS}
+        df = pl.read_csv(data, infer_schema_length=10_000, schema_overrides=floats)
+        return df.rename({k: v for k, v in _DUMP_HEADER.items() if k in df.columns and v not in df.columns})
+    ncols = len(first.split(","))
+    if ncols != 12:
+        raise ReplayError(f"{name}: headerless CSV with {ncols} columns; expected Binance's 12-column layout")
+    return pl.read_csv(data, has_header=False, new_columns=DUMP_COLUMNS,
+                       schema_overrides={c: pl.Float64 for c in _FLOATS})
+
+
 def _read_one(path: Path, symbol: str | None) -> pl.DataFrame:
     if not path.exists():
         raise ReplayError(f"replay file not found: {path}")
@@ -86,19 +113,7 @@ def _read_one(path: Path, symbol: str | None) -> pl.DataFrame:
     if suffix == ".parquet":
         df = pl.read_parquet(path)
     elif suffix in (".csv", ".txt"):
-        with open(path, "rb") as fh:
-            first = fh.readline().decode(errors="replace").strip()
-        if not first:
-            raise ReplayError(f"replay file is empty: {path}")
-        has_header = not first.split(",")[0].strip().lstrip("-").isdigit()
-        if has_header:
-            df = pl.read_csv(path, infer_schema_length=10_000)
-        else:
-            ncols = len(first.split(","))
-            if ncols != 12:
-                raise ReplayError(f"{path}: headerless CSV with {ncols} columns; expected Binance's 12-column layout")
-            df = pl.read_csv(path, has_header=False, new_columns=DUMP_COLUMNS,
-                             schema_overrides={c: pl.Float64 for c in _FLOATS})
+        df = read_kline_csv(path.read_bytes(), str(path))
     else:
         raise ReplayError(f"{path}: unsupported file type {suffix!r} (use .parquet or .csv)")
     if "symbol" not in df.columns:

@@ -33,8 +33,9 @@ MINUTE_MS = 60_000
 INTERVALS = {"1m": MINUTE_MS, "5m": 5 * MINUTE_MS, "15m": 15 * MINUTE_MS, "1h": HOUR_MS}
 REPO = Path(__file__).resolve().parent.parent
 RECORDED = REPO / "ingest" / "recorded"
-PERPS_1M = {p: RECORDED / f"perps_1m_{p}.parquet" for p in ("2023-07", "2025-02", "2025-05")}
-FUNDING = {p: RECORDED / f"funding_{p}.parquet" for p in ("2023-07", "2025-02", "2025-05")}
+# by period: the three shipped sets (2023-07, 2025-02, 2025-05) and any `smc data download` put here
+PERPS_1M = {p.stem.removeprefix("perps_1m_"): p for p in sorted(RECORDED.glob("perps_1m_*.parquet"))}
+FUNDING = {p.stem.removeprefix("funding_"): p for p in sorted(RECORDED.glob("funding_*.parquet"))}
 DEFAULT_WARMUP = 100
 
 
