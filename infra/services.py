@@ -62,7 +62,8 @@ class ProcessorWorker:
     """`python -m processors worker` as a child process with the given settings."""
 
     def __init__(self, settings: Settings, name: str = "worker", extra_env: dict | None = None,
-                 loglevel: str = "warning") -> None:
+                 loglevel: str = "warning", command: list[str] | None = None) -> None:
+        """command: what to run instead of `python -m processors worker --loglevel L` (tests' fault wrappers)."""
         self.dir = Path(settings.data_dir) / "workers" / name
         self.dir.mkdir(parents=True, exist_ok=True)
         env = dict(os.environ)
@@ -72,8 +73,8 @@ class ProcessorWorker:
         env.update(extra_env or {})
         self.log_path = self.dir / "worker.log"
         self._log = open(self.log_path, "wb")
-        self.proc = subprocess.Popen([sys.executable, "-m", "processors", "worker", "--loglevel", loglevel],
-                                     env=env, cwd=REPO_ROOT, stdout=self._log, stderr=subprocess.STDOUT)
+        command = command or [sys.executable, "-m", "processors", "worker", "--loglevel", loglevel]
+        self.proc = subprocess.Popen(command, env=env, cwd=REPO_ROOT, stdout=self._log, stderr=subprocess.STDOUT)
 
     @property
     def stats_file(self) -> Path:

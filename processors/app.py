@@ -64,6 +64,7 @@ BATCH_MAX = 2000         # klines per batch at most: amortizes LightGBM and the 
 GROUP_MAX = 10_000       # klines per group commit at most (bounds what a crash makes the broker re-deliver)
 POLL_RECORDS = 500       # records per consumer poll
 HTF_KEEP = 12            # closed HTF windows kept per symbol for readers (one hour of M5 bars)
+SWEEP_MIN = 1024         # windowed-table size that triggers the first expiry sweep (then: twice the size left)
 FAIL_EXIT = 70           # the exit status of a worker stopped by a fault it cannot handle (EX_SOFTWARE)
 
 
@@ -240,7 +241,7 @@ def create_app(settings: Settings) -> faust.App:
         return expired_windows(keys, HTF_KEEP * htf_period / 1000)
 
     group: list[list] = []   # the open group's batches, acked together once the group is durable
-    sweep = {"at": 1024}     # windowed-table size that triggers the next expiry sweep
+    sweep = {"at": SWEEP_MIN}     # windowed-table size that triggers the next expiry sweep
 
     def take(batch) -> list[tuple]:
         """The records of the batch the state must take, in order; the offset gate skips the rest."""
@@ -311,7 +312,7 @@ def create_app(settings: Settings) -> faust.App:
         for key in expired:
             del htf_store[key]
         if sweeping:
-            sweep["at"] = max(1024, 2 * len(htf_store))
+            sweep["at"] = max(SWEEP_MIN, 2 * len(htf_store))
         for symbol, blob in unconfirmed.items():
             store[symbol.encode()] = blob
         store.update(markers)

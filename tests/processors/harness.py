@@ -55,9 +55,10 @@ class Worker(ProcessorWorker):
     model_path "" = the heuristic scorer, so the expected signals can be computed without the model.
     """
 
-    def __init__(self, settings: Settings, name: str = "w1", model_path: str = "") -> None:
-        super().__init__(settings.with_(model_path=model_path), name,
-                         loglevel=os.environ.get("SMC_TEST_WORKER_LOGLEVEL", "warning"))
+    def __init__(self, settings: Settings, name: str = "w1", model_path: str = "", extra_env: dict | None = None,
+                 command: list[str] | None = None) -> None:
+        super().__init__(settings.with_(model_path=model_path), name, extra_env=extra_env,
+                         loglevel=os.environ.get("SMC_TEST_WORKER_LOGLEVEL", "warning"), command=command)
 
     def kill(self) -> None:
         self.proc.send_signal(signal.SIGKILL)
@@ -80,15 +81,27 @@ def wait_until(condition, what: str, workers: tuple = (), timeout: float = 120) 
         time.sleep(0.2)
 
 
-def wait_signals(settings: Settings, n: int, timeout: float = 180, workers: tuple = ()) -> int:
+def taken_everything(settings: Settings, workers: tuple) -> bool:
+    """The workers' states together expect, on every `klines` partition, its end offset: each record
+    is processed (re-sent signals make the signals topic long enough before that)."""
+    ends = kafka_io.end_offsets(settings, "klines")
+    positions: dict = {}
+    for w in workers:
+        positions.update(w.stats().get("positions") or {})
+    return all(positions.get(str(p)) == high for p, (low, high) in ends.items() if high > low)
+
+
+def wait_signals(settings: Settings, n: int, timeout: float = 180, workers: tuple = (), all_taken: bool = False) -> int:
+    """Until the signals topic holds n records and, with all_taken, the workers have taken every kline
+    (a count alone ends too early after a restart: re-sent copies make up the number)."""
     size = 0
 
     def enough() -> bool:
         nonlocal size
         size = kafka_io.topic_size(settings, "signals")
-        return size >= n
+        return size >= n and (not all_taken or taken_everything(settings, workers))
     try:
         wait_until(enough, f"{n} signals", workers, timeout)
     except TimeoutError:
-        raise TimeoutError(f"only {size} of {n} signals after {timeout}s") from None
+        raise TimeoutError(f"only {size} of {n} signals after {timeout}s (or klines left untaken)") from None
     return size

@@ -49,7 +49,7 @@ def test_faust_signals_equal_batch_engine(settings, file, interval):
     produce(s, _klines(df, interval))
     w = Worker(s)
     try:
-        wait_signals(s, len(expected), timeout=900, workers=(w,))
+        wait_signals(s, len(expected), timeout=900, workers=(w,), all_taken=True)
     finally:
         assert w.stop() == 0, w.tail(2000)
     got = collections.defaultdict(list)
