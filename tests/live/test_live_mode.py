@@ -122,6 +122,13 @@ def test_live_mode_end_to_end(settings, tmp_path):
             assert scraped["smc_processors_partition_lag"] and set(scraped["smc_processors_partition_lag"]) == {0.0}
             wait_for(lambda: _scrape(metrics_port + 1).get("smc_executor_signals_total") == n_signals, 10,
                      "the executor's signals counter")
+            # /health and /ready: both alive; the worker caught up on every partition, the executor consuming
+            for port in (metrics_port, metrics_port + 1):
+                assert _probe(port, "/health")[0] == 200
+            status_code, ready = _probe(metrics_port, "/ready")
+            assert status_code == 200 and ready["state"] == "ok" and ready["lag"] == 0, ready
+            status_code, ready = _probe(metrics_port + 1, "/ready")
+            assert status_code == 200 and ready["signals"] == n_signals and ready["halted"] is None, ready
             status = json.loads(status_path.read_text())
             assert set(status["children"]) == {"audit", "executor", "processors", "ingest"}
             assert all(c["state"] == "running" and c["restarts"] == 0 for c in status["children"].values()), status
@@ -279,6 +286,16 @@ def _scrape_all(port: int) -> dict[str, list[float]]:
         for sample in fam.samples:
             out.setdefault(sample.name, []).append(sample.value)
     return out
+
+
+def _probe(port: int, path: str) -> tuple[int, dict]:
+    import urllib.error
+    import urllib.request
+    try:
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}{path}", timeout=5) as resp:
+            return resp.status, json.loads(resp.read())
+    except urllib.error.HTTPError as exc:
+        return exc.code, json.loads(exc.read())
 
 
 def _scrape(port: int) -> dict[str, float]:
