@@ -37,6 +37,7 @@ from executor.config import ExecutorConfig, config_from_env
 from executor.engine import Engine
 from executor.instruments import InstrumentBook, load_exchange_info
 from infra import kafka_io
+from infra.probes import Heartbeat
 from infra.settings import Settings
 from schemas.codec import encode
 from schemas.errors import SchemaError
@@ -195,7 +196,8 @@ class ExecutorService:
         self.reconcile_within_s = reconcile_within_s
         self.reconcile_retry_s = 5.0    # after a failed reconciliation (the exchange is not answering)
         self._reconcile_not_before = 0.0
-        self.metrics = None             # the Prometheus endpoint, when SMC_METRICS_PORT is set (port + 1)
+        self.metrics = None             # /metrics, /health, /ready when SMC_METRICS_PORT is set (port + 1)
+        self.heartbeat = Heartbeat()    # beaten by the consumer loop (run); made again when the endpoints start
 
     def engine_submit_hook(self) -> None:
         orig = self.broker.submit
@@ -210,9 +212,11 @@ class ExecutorService:
     def start(self) -> None:
         s = self.settings
         if s.metrics_port and self.metrics is None:
-            from executor.metrics import collector
+            from executor.metrics import collector, probes
             from infra.metrics import serve
-            self.metrics = serve(s.metrics_port + 1, collector(lambda: self.stats), s.metrics_addr)
+            self.heartbeat = Heartbeat()
+            self.metrics = serve(s.metrics_port + 1, collector(lambda: self.stats), s.metrics_addr,
+                                 probes(self.heartbeat, lambda: self.engine.halted, lambda: self.stats))
         ensure_executor_topics(s)
         txn_id = kafka_io.group(s, "executor") + ".txn"
         self.producer = kafka_io.producer(s, **{"transactional.id": txn_id, "transaction.timeout.ms": 60_000})
@@ -332,6 +336,7 @@ class ExecutorService:
         last_msg = time.monotonic()
         try:
             while not self._stop:
+                self.heartbeat.beat()
                 if max_seconds is not None and time.monotonic() - t0 > max_seconds:
                     break
                 msgs = self.consumer.consume(num_messages=self.batch_max, timeout=0.2)

@@ -35,7 +35,7 @@ class Settings:
     symbols_per_shard: int = 50                  # SMC_SYMBOLS_PER_SHARD (<= 200 streams per connection)
     equity: float = 10_000.0                     # SMC_EQUITY: paper starting equity (USDT)
     delivery_timeout_s: float = 300.0            # SMC_DELIVERY_TIMEOUT_S: how long the processors wait out a broker outage, then exit non-zero
-    metrics_port: int = 0                        # SMC_METRICS_PORT: Prometheus /metrics of the processors worker; the executor serves port + 1; 0 = off
+    metrics_port: int = 0                        # SMC_METRICS_PORT: the worker's /metrics /health /ready; executor + 1, ingest + 2; 0 = off
     metrics_addr: str = "127.0.0.1"              # SMC_METRICS_ADDR: the address the metrics endpoints bind (0.0.0.0 for a scraper elsewhere)
     api_key: str = field(default="", repr=False)      # BINANCE_API_KEY (environment only)
     api_secret: str = field(default="", repr=False)   # BINANCE_API_SECRET (environment only)

@@ -105,6 +105,17 @@ def main(argv: list[str] | None = None) -> int:
                      reconcile_s=args.reconcile, refresh_s=args.refresh, start_ms=parse_time(args.since),
                      max_backfill_s=args.max_backfill * 3600)
 
+    if settings.metrics_port:   # /metrics, /health, /ready on port + 2 (the worker has the port, the executor + 1)
+        from infra.metrics import serve
+        from ingest.metrics import collector, probes
+        try:
+            serve(settings.metrics_port + 2, collector(svc.figures), settings.metrics_addr,
+                  probes(svc.figures, svc.heartbeat))
+        except OSError as exc:
+            print(f"ingest live: cannot serve metrics on {settings.metrics_addr}:{settings.metrics_port + 2} "
+                  f"(SMC_METRICS_PORT + 2): {exc.strerror}", file=sys.stderr)
+            return 2
+
     async def run_live():
         stop = asyncio.Event()
         loop = asyncio.get_running_loop()

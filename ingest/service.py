@@ -31,6 +31,7 @@ from ingest.shards import plan_shards, rebalance, stream_url
 from ingest.topic_memory import read_last_bars
 from ingest.universe import Universe, UniverseRefused, fetch_exchange_info
 from ingest.ws import Backoff, ConnectLimiter, ShardConnection
+from infra.probes import Heartbeat
 from schemas import Kline, encode_kline, interval_ms
 
 log = logging.getLogger("smc.ingest.service")
@@ -88,6 +89,7 @@ class LiveIngest:
         self._jobs: set[asyncio.Task] = set()
         self.delivery_errors = 0
         self.stop_event: asyncio.Event | None = None
+        self.heartbeat = Heartbeat()     # beaten by the tick loop: /health and /ready (ingest.metrics)
 
     # ---- Kafka --------------------------------------------------------------------------------------
     def _emit(self, k: Kline) -> None:
@@ -266,6 +268,7 @@ class LiveIngest:
                         await asyncio.wait_for(stop.wait(), self.tick_s)
                     except asyncio.TimeoutError:
                         pass
+                    self.heartbeat.beat()
                     self.producer.poll(0)
                     self._schedule(self.core.on_tick())
                     # in the background: a paused REST budget (Retry-After) must not stall the tick loop
@@ -298,3 +301,21 @@ class LiveIngest:
             "connections": {sid: dict(c.stats.__dict__) for sid, c in self.connections.items()},
             "delivery_errors": self.delivery_errors,
         }
+
+    def figures(self) -> dict:
+        """Flat figures for the endpoints (ingest.metrics), read from another thread: copies only."""
+        s = self.core.stats if self.core else None
+        rest = self.market.stats if self.market else None
+        conns = list(self.connections.items())
+        detail = {sid: {"connected": c.connected.is_set(), "messages": c.stats.messages, "symbols": len(c.symbols)}
+                  for sid, c in conns}
+        out = {k: getattr(s, k, 0) for k in ("received", "closed", "produced", "backfilled", "duplicates", "conflicts",
+                                            "rejected", "gaps", "unfilled")}
+        out.update(delivery_errors=self.delivery_errors, fatal=self.fatal,
+                   rest_requests=rest.requests if rest else 0, rest_bans=rest.bans if rest else 0,
+                   ws_connects=sum(c.stats.connects for _, c in conns),
+                   ws_disconnects=sum(c.stats.disconnects for _, c in conns),
+                   symbols=sum(len(v) for v in list(self.plan.values())) if self.plan else 0,
+                   shards=len(conns), shards_connected=sum(d["connected"] for d in detail.values()),
+                   shard_detail=detail)
+        return out

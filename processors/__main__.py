@@ -56,11 +56,12 @@ def main(argv: list[str] | None = None) -> int:
     async def _settle_gc():     # short full GC passes: the start-up objects are never garbage
         logging.getLogger("smc.processors").info("gc: %d start-up objects frozen", freeze_startup_objects())
 
-    if settings.metrics_port:   # Prometheus /metrics from the stats the agent keeps (processors/metrics.py)
+    if settings.metrics_port:   # /metrics from the stats the agent keeps (processors/metrics.py), /health, /ready
         from infra.metrics import serve
-        from processors.metrics import collector
+        from processors.metrics import collector, probes
         try:
-            serve(settings.metrics_port, collector(lambda: app.smc_stats), settings.metrics_addr)
+            serve(settings.metrics_port, collector(lambda: app.smc_stats), settings.metrics_addr,
+                  probes(lambda: app.smc_stats, app.smc_refreshed))
         except OSError as exc:
             print(f"processors worker: cannot serve metrics on {settings.metrics_addr}:{settings.metrics_port} "
                   f"(SMC_METRICS_PORT): {exc.strerror}", file=sys.stderr)

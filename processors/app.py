@@ -48,6 +48,7 @@ import faust
 from aiokafka.errors import IllegalStateError, KafkaError
 from faust.types import TP
 
+from infra.probes import Heartbeat
 from infra.settings import Settings
 from processors import faust_guards
 from processors.core import open_time_limit, KlineProcessor, expired_windows
@@ -145,8 +146,11 @@ def create_app(settings: Settings) -> faust.App:
     # positions: per klines partition the offset the state expects next, end_offsets: the partition's end as
     # the consumer last saw it: a supervisor's health check compares the two (progress, not a timer)
     stats = {"klines": 0, "signals": 0, "rejects": 0, "batches": 0, "partitions": 0, "process_s": 0.0, "deliver_s": 0.0,
-             "redelivered": 0, "held_back": 0, "seeks": 0, "positions": {}, "end_offsets": {}, "delivering_for_s": 0.0}
+             "redelivered": 0, "held_back": 0, "seeks": 0, "rebalances": 0, "positions": {}, "end_offsets": {},
+             "delivering_for_s": 0.0}
     app.smc_stats = stats  # type: ignore[attr-defined]
+    # beaten by the stats timer below, an event-loop task like the agent: /health and /ready read its age
+    refreshed = app.smc_refreshed = Heartbeat()  # type: ignore[attr-defined]
     # the tables' changelogs, created (compacted) before the worker subscribes: processors.__main__
     app.smc_changelogs = {state_table.changelog_topic.get_topic_name(): settings.partitions,  # type: ignore[attr-defined]
                           htf_table.changelog_topic.get_topic_name(): settings.partitions}
@@ -387,6 +391,7 @@ def create_app(settings: Settings) -> faust.App:
             stats["positions"] = {str(tp.partition): gate.expected(tp.partition) for tp in mine}
             stats["end_offsets"] = {str(tp.partition): app.consumer.highwater(tp) for tp in mine}
             stats["delivering_for_s"] = round(time.monotonic() - delivery.waiting_since, 1) if delivery.waiting_since else 0.0
+            refreshed.beat()
             if not stats_file:
                 return
             tmp = stats_file + ".tmp"
@@ -399,5 +404,6 @@ def create_app(settings: Settings) -> faust.App:
         processor.forget()   # the table's bytes are the truth after a rebalance
         gate.assigned({tp.partition for tp in app.consumer.assignment() if tp.topic == klines_topic}, time.monotonic())
         stats["partitions"] = sum(1 for tp in app.consumer.assignment() if tp.topic == klines.get_topic_name())
+        stats["rebalances"] += 1
 
     return app

@@ -1,4 +1,5 @@
-"""The processors worker's Prometheus figures: its stats dict (processors/app.py), read at each scrape."""
+"""The processors worker's endpoints: its stats dict (processors/app.py) read at each scrape for /metrics,
+and the probes behind /health (the stats timer goes round) and /ready (processors.health.readiness)."""
 from __future__ import annotations
 
 from typing import Callable, Mapping
@@ -6,7 +7,12 @@ from typing import Callable, Mapping
 from prometheus_client.core import GaugeMetricFamily
 
 from infra.metrics import Figure, FiguresCollector
-from processors.health import partition_lag
+from infra.probes import Heartbeat, Probe, liveness
+from processors.health import ProgressWatch, partition_lag, readiness
+
+ALIVE_MAX_AGE_S = 30.0    # the stats timer ticks every 0.5 s: 30 s without a tick is a stuck event loop
+STARTUP_S = 600.0         # timers start once the tables are recovered: a large changelog takes minutes
+STALL_S = 120.0           # positions may stay put this long while records wait (as the supervisor's watch)
 
 FIGURES = (
     Figure("klines", "klines taken (processed or rejected)"),
@@ -15,6 +21,7 @@ FIGURES = (
     Figure("redelivered", "klines the state held already (identical re-delivery: no signal, no dead letter)"),
     Figure("held_back", "klines held back for an offset gap (they come again after the seek back)"),
     Figure("seeks", "seeks back to a partition's expected offset"),
+    Figure("rebalances", "partition assignments completed"),
     Figure("batches", "batches processed"),
     Figure("process_s", "seconds spent processing batches"),
     Figure("deliver_s", "seconds spent making groups durable"),
@@ -43,3 +50,9 @@ def _lag_families(stats: Mapping):
 
 def collector(read: Callable[[], Mapping]) -> FiguresCollector:
     return FiguresCollector("smc_processors", read, FIGURES, _lag_families)
+
+
+def probes(read: Callable[[], Mapping], refreshed: Heartbeat) -> dict[str, Callable[[], Probe]]:
+    watch = ProgressWatch(stall_s=STALL_S, file_stale_s=ALIVE_MAX_AGE_S)
+    return {"/health": lambda: liveness(refreshed, ALIVE_MAX_AGE_S, STARTUP_S),
+            "/ready": lambda: readiness(watch, dict(read()), refreshed)}

@@ -183,3 +183,58 @@ def test_bad_inputs_go_to_dlq_and_good_klines_keep_flowing(settings):
             assert needle in reasons, needle
         assert any(r.raw.startswith(b'{"stream":"x@kline_1m"') for r in rej)
         _check_topic(settings, fb, names, 3)
+
+
+@pytest.mark.kafka
+@pytest.mark.timeout(120)
+def test_endpoints_ready_while_streams_flow_not_when_silent(settings):
+    """/metrics, /health and /ready of the live ingest (the endpoints `python -m ingest live` serves on
+    SMC_METRICS_PORT + 2) against the fake Binance and the real broker."""
+    import json
+    import socket
+    import time
+    import urllib.error
+    import urllib.request
+
+    from infra.metrics import serve
+    from ingest.metrics import collector, probes
+
+    def probe(port, path):
+        try:
+            with urllib.request.urlopen(f"http://127.0.0.1:{port}{path}", timeout=5) as resp:
+                return resp.status, json.loads(resp.read())
+        except urllib.error.HTTPError as exc:
+            return exc.code, json.loads(exc.read())
+
+    names = universe_names(12)
+    with FakeBinance(build_exchange_info(names)) as fb:
+        svc = _svc(settings, fb, per_shard=5)
+        with socket.socket() as sock:
+            sock.bind(("127.0.0.1", 0))
+            port = sock.getsockname()[1]
+        server = serve(port, collector(svc.figures), probes=probes(svc.figures, svc.heartbeat, quiet_s=1.5))
+        try:
+            status, body = probe(port, "/ready")
+            assert status == 503 and "starting" in body["reason"]
+            assert probe(port, "/health")[0] == 200                   # within the start-up grace
+            with ServiceThread(svc):
+                wait_for(lambda: _all_connected(svc, fb, 12), 30, "3 shards connected")
+                closed = fb.publish()
+                wait_for(lambda: svc.core.stats.closed >= closed, 20, "a minute received")
+                status, body = probe(port, "/ready")
+                assert status == 200 and body["reason"] == "streaming" and body["symbols"] == 12, body
+                assert set(body["shards"]) == {"0", "1", "2"} and all(s["connected"] for s in body["shards"].values())
+                status, body = probe(port, "/health")
+                assert status == 200 and body["beats"] > 0
+                with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5) as resp:
+                    text = resp.read().decode()
+                assert f"smc_ingest_closed_total {float(svc.core.stats.closed)}" in text
+                assert "smc_ingest_shards_connected 3.0" in text
+                time.sleep(2.0)                                        # nothing published: the streams go quiet
+                status, body = probe(port, "/ready")
+                assert status == 503 and "no message for" in body["reason"], body
+                closed += fb.publish()
+                wait_for(lambda: svc.core.stats.closed >= closed, 20, "the next minute received")
+                assert probe(port, "/ready")[0] == 200
+        finally:
+            server.close()

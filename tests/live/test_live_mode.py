@@ -81,7 +81,7 @@ def test_live_mode_end_to_end(settings, tmp_path):
     with FakeBinance(build_exchange_info(NAMES), start_ms=origin) as fb:
         # the fake market runs 2 h ahead of the wall clock (so ingest's wall-clock gap checks never see its
         # future bars as missing): declare its range, or the processors reject its bars as from the future
-        metrics_port = _free_port_pair()
+        metrics_port = _free_ports()
         s = settings.with_(binance_rest_url=fb.rest_url, binance_ws_url=fb.ws_url,
                            clickhouse_dsn=f"chdb://{tmp_path / 'chdb'}", replay_end=origin + 24 * htf,
                            metrics_port=metrics_port)
@@ -122,6 +122,18 @@ def test_live_mode_end_to_end(settings, tmp_path):
             assert scraped["smc_processors_partition_lag"] and set(scraped["smc_processors_partition_lag"]) == {0.0}
             wait_for(lambda: _scrape(metrics_port + 1).get("smc_executor_signals_total") == n_signals, 10,
                      "the executor's signals counter")
+            # /health and /ready: all alive; the worker caught up on every partition, the executor consuming,
+            # the ingest's shard connected
+            for port in (metrics_port, metrics_port + 1, metrics_port + 2):
+                assert _probe(port, "/health")[0] == 200
+            status_code, ready = _probe(metrics_port, "/ready")
+            assert status_code == 200 and ready["state"] == "ok" and ready["lag"] == 0, ready
+            status_code, ready = _probe(metrics_port + 1, "/ready")
+            assert status_code == 200 and ready["signals"] == n_signals and ready["halted"] is None, ready
+            status_code, ingest = _probe(metrics_port + 2, "/ready")
+            assert status_code == 200 and ingest["symbols"] == len(NAMES), ingest
+            assert ingest["shards"] and all(sh["connected"] for sh in ingest["shards"].values()), ingest
+            assert _scrape(metrics_port + 2)["smc_ingest_closed_total"] == n_klines
             status = json.loads(status_path.read_text())
             assert set(status["children"]) == {"audit", "executor", "processors", "ingest"}
             assert all(c["state"] == "running" and c["restarts"] == 0 for c in status["children"].values()), status
@@ -214,7 +226,7 @@ def test_smc_run_live_data_stops_on_ctrl_c(settings, tmp_path):
     """The real command in its own process: `smc run --live-data`, then SIGINT: exit 0, no child left."""
     from infra.settings import to_env
     with FakeBinance(build_exchange_info(NAMES)) as fb:
-        metrics_port = _free_port_pair()
+        metrics_port = _free_ports()
         s = settings.with_(binance_rest_url=fb.rest_url, binance_ws_url=fb.ws_url,
                            clickhouse_dsn=f"chdb://{tmp_path / 'chdb'}", metrics_port=metrics_port)
         env = dict(os.environ, **to_env(s))
@@ -255,18 +267,23 @@ def test_smc_run_live_data_stops_on_ctrl_c(settings, tmp_path):
     assert after.returncode == 1 and after.stdout.startswith("not running: "), after.stdout
 
 
-def _free_port_pair() -> int:
+def _free_ports(n: int = 3) -> int:
+    """A port with the next n - 1 free too: the worker's endpoints, the executor's (+ 1), the ingest's (+ 2)."""
     import socket
     for _ in range(50):
-        with socket.socket() as a, socket.socket() as b:
-            a.bind(("127.0.0.1", 0))
-            port = a.getsockname()[1]
-            try:
-                b.bind(("127.0.0.1", port + 1))
-            except OSError:
-                continue
+        socks = [socket.socket() for _ in range(n)]
+        try:
+            socks[0].bind(("127.0.0.1", 0))
+            port = socks[0].getsockname()[1]
+            for i, sock in enumerate(socks[1:], 1):
+                sock.bind(("127.0.0.1", port + i))
             return port
-    raise RuntimeError("no two adjacent free ports")
+        except OSError:
+            continue
+        finally:
+            for sock in socks:
+                sock.close()
+    raise RuntimeError(f"no {n} adjacent free ports")
 
 
 def _scrape_all(port: int) -> dict[str, list[float]]:
@@ -279,6 +296,16 @@ def _scrape_all(port: int) -> dict[str, list[float]]:
         for sample in fam.samples:
             out.setdefault(sample.name, []).append(sample.value)
     return out
+
+
+def _probe(port: int, path: str) -> tuple[int, dict]:
+    import urllib.error
+    import urllib.request
+    try:
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}{path}", timeout=5) as resp:
+            return resp.status, json.loads(resp.read())
+    except urllib.error.HTTPError as exc:
+        return exc.code, json.loads(exc.read())
 
 
 def _scrape(port: int) -> dict[str, float]:
