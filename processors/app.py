@@ -27,7 +27,8 @@ never runs ahead of the state: after a crash, re-delivered klines below the mark
 those past it are re-processed from the state that had not taken them (same bytes out, the same
 signal_id: consumers dedupe by id). A window may be stored ahead of the state; folding is idempotent
 (a window knows the newest bar in it), so re-processing never counts a bar twice
-(tests/processors/test_core.py). Records go out through one confluent-kafka producer
+(tests/processors/test_core.py), and the expiry of old windows counts back from the stored state, not
+from the newest window, so the state's open window is there when a restart needs it. Records go out through one confluent-kafka producer
 (processors.delivery): Faust's per-record send path cost more than the SMC engine itself. A broker
 outage is waited out (SMC_DELIVERY_TIMEOUT_S); any fault the agent cannot handle ends the process
 (fail_loud) so a supervisor restarts it from the committed state.
@@ -166,6 +167,10 @@ def create_app(settings: Settings) -> faust.App:
     # the newest states and windows the open group wrote, not yet acknowledged (see process_klines)
     unconfirmed: dict[str, bytes] = {}
     unconfirmed_windows: dict[tuple[str, int], bytes] = {}
+    # per symbol, the HTF window (start, s) of the newest base bar in its stored state: expiry is measured
+    # from it (processors.core.expired_windows); the open group's, then what this worker stored
+    unconfirmed_buckets: dict[str, float] = {}
+    stored_buckets: dict[str, float] = {}
     symbol_partition: dict[bytes, int] = {}  # fixed by the key: klines are partitioned by symbol
 
     def window_key(symbol: str, bucket: int) -> tuple:
@@ -239,10 +244,12 @@ def create_app(settings: Settings) -> faust.App:
                 gate.pending.pop(partition, None)
 
     def expired_assigned() -> list:
-        """Windows past HTF_KEEP of the symbols whose partitions this worker holds now."""
+        """Windows past HTF_KEEP, counted back from the stored state, of the symbols whose partitions this
+        worker holds now and whose state it stored itself (a state it has not stored yet may be behind its
+        windows, after a crash between the flushes: its open window must stay)."""
         mine = {tp.partition for tp in app.consumer.assignment() if tp.topic == klines_topic}
         keys = [k for k in htf_store.keys() if symbol_partition.get(k[0].encode()) in mine]
-        return expired_windows(keys, HTF_KEEP * htf_period / 1000)
+        return expired_windows(keys, HTF_KEEP * htf_period / 1000, stored_buckets)
 
     group: list[list] = []   # the open group's batches, acked together once the group is durable
     sweep = {"at": SWEEP_MIN}     # windowed-table size that triggers the next expiry sweep
@@ -271,6 +278,9 @@ def create_app(settings: Settings) -> faust.App:
         result = processor.step(take(batch), tables)
         for sym, raw in result.signals:    # out first: encoding the states can wait for them
             delivery.produce(signals_topic, sym.encode(), raw)
+        for sym, state in result.touched.items():
+            t = state.base.last_time
+            unconfirmed_buckets[sym] = (t - t % htf_period) / 1000
         processor.encode(result)
         now = int(time.time() * 1000)
         for reason, key, raw in result.rejects:
@@ -320,8 +330,10 @@ def create_app(settings: Settings) -> faust.App:
         for symbol, blob in unconfirmed.items():
             store[symbol.encode()] = blob
         store.update(markers)
+        stored_buckets.update(unconfirmed_buckets)
         gate.stored_now()
         unconfirmed.clear()
+        unconfirmed_buckets.clear()
         unconfirmed_windows.clear()
         # every record of the group, skipped ones too: the markers, not the committed offsets, say what
         # the state holds (a commit past a held-back record is sought back from the marker on restart)

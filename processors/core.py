@@ -9,7 +9,7 @@ the Faust tables and their changelogs hold) are the source of truth after a rest
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Callable, Iterable, Protocol
+from typing import Callable, Iterable, Mapping, Protocol
 
 import numpy as np
 import orjson
@@ -99,15 +99,14 @@ def open_time_limit(interval: str, replay_end: int, now_ms: Callable[[], int]) -
     return lambda: (now_ms() + step, "the wall clock")
 
 
-def expired_windows(keys: Iterable[tuple], horizon: float) -> list[tuple]:
-    """Windowed-table keys (symbol, (start, end)) starting more than `horizon` before their symbol's
-    newest window: the open window of a symbol, however old, is never expired."""
-    keys = list(keys)
-    newest: dict[str, float] = {}
-    for symbol, (start, _) in keys:
-        if start > newest.get(symbol, float("-inf")):
-            newest[symbol] = start
-    return [k for k in keys if k[1][0] < newest[k[0]] - horizon]
+def expired_windows(keys: Iterable[tuple], horizon: float, state_buckets: Mapping[str, float]) -> list[tuple]:
+    """Windowed-table keys (symbol, (start, end)) starting more than `horizon` before the bucket of their
+    symbol's stored state (the window of its newest base bar, in seconds as the keys are), never before
+    the windows' own newest: a crash between the two flushes of a group commit leaves windows ahead of
+    the state (processors/app.py), and the state's open window must outlive them, or a restart rebuilds
+    that HTF bar from part of its bars. A symbol whose stored state is not known keeps every window;
+    the open window of a state is never expired."""
+    return [k for k in keys if k[0] in state_buckets and k[1][0] < state_buckets[k[0]] - horizon]
 
 
 class KlineProcessor:
@@ -223,3 +222,4 @@ class KlineProcessor:
         result.touched.clear()
         result.touched_windows.clear()
         return result
+

@@ -149,12 +149,46 @@ def test_replay_from_windows_stored_ahead_of_the_state_changes_nothing(ahead):
         assert tables.states == ref_tables.states and tables.windows == ref_tables.windows
 
 
-def test_expired_windows_keep_a_horizon_per_symbol_and_never_the_open_one():
+def test_expired_windows_keep_a_horizon_before_the_stored_state_and_never_its_open_one():
     w = lambda sym, start: (sym, (float(start), start + 299.9))                        # noqa: E731
     keys = [w("A", s) for s in range(0, 3600 + 1, 300)] + [w("B", 0), w("B", 300)] + [w("C", 0)]
-    # A's newest starts at 3600: with a 1800 s horizon, windows starting before 1800 go; B and C keep all
-    assert expired_windows(keys, 1800) == [w("A", s) for s in range(0, 1800, 300)]
-    assert expired_windows([w("Z", 0)], 0) == [] and expired_windows([], 60) == []
+    # A's state is in the window at 3600: with a 1800 s horizon, windows starting before 1800 go;
+    # B's state at 300 keeps both; C has no known state: it keeps all
+    assert expired_windows(keys, 1800, {"A": 3600, "B": 300}) == [w("A", s) for s in range(0, 1800, 300)]
+    assert expired_windows([w("Z", 0)], 0, {"Z": 0}) == [] and expired_windows([], 60, {}) == []
+
+
+def test_a_sweep_after_a_crash_between_the_flushes_keeps_the_state_s_open_window():
+    """Real 1m perps: a whole group's windows are stored, its states are not (the worker died between the
+    two flushes). Measured from the newest window, a sweep would delete the stored state's open window
+    (seen in tests/processors/test_worker.py: that M5 bar was then rebuilt from part of its bars and
+    every later signal of the symbol drifted). Measured from the stored state it keeps it, and
+    re-processing the group from the state gives the uninterrupted run's signals and tables."""
+    ks = load_klines("perps_1m_2025-05.parquet", ["BTCUSDT", "ETHUSDT"], limit_per_symbol=900, interval="1m")
+    records = _records(ks)
+    size, period_ms, horizon_s = 50, 300_000, 12 * 300
+    ref_tables, history = MemoryTables(), []
+    ref = _run(KlineProcessor(HeuristicScorer(), "s1", "1m", 5), ref_tables, records, size, history)
+    for cut, group in ((5, 10), (7, 20), (13, 9)):      # batches stored, batches in the crashed group
+        states, _ = history[cut - 1]
+        _, windows = history[cut - 1 + group]
+        tables = MemoryTables()
+        tables.states, tables.windows = dict(states), dict(windows)
+        last = {k.symbol: k.open_time for k in ks[:cut * size]}
+        buckets_s = {sym: (t - t % period_ms) / 1000 for sym, t in last.items()}
+        keys = [(sym, (b / 1000, b / 1000 + 299.9)) for sym, b in tables.windows]
+        open_keys = {(sym, (b, b + 299.9)) for sym, b in buckets_s.items() if (last[sym] + 60_000) % period_ms}
+        assert open_keys, "the cut should leave a window open"
+        newest = {sym: max(k[1][0] for k in keys if k[0] == sym) for sym in buckets_s}
+        assert any(k[1][0] < newest[k[0]] - horizon_s for k in open_keys), "the windows are not far enough ahead"
+        gone = expired_windows(keys, horizon_s, buckets_s)
+        assert gone and not open_keys & set(gone)
+        for sym, (start, _) in gone:
+            del tables.windows[(sym, int(start * 1000))]
+        replay = _run(KlineProcessor(HeuristicScorer(), "s1", "1m", 5), tables, records[cut * size:], size)
+        assert replay == ref[len(ref) - len(replay):] and len(replay) > 500
+        assert tables.states == ref_tables.states
+        assert all(ref_tables.windows[k] == v for k, v in tables.windows.items())
 
 
 def test_compact_keeps_the_newest_value_and_applies_tombstones():
