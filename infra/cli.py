@@ -189,11 +189,12 @@ def cmd_lookahead_check(args) -> int:
     fmt = lambda t: datetime.fromtimestamp(t / 1000, timezone.utc).strftime("%Y-%m-%d %H:%M")   # noqa: E731
     console.print(f"[bold]Lookahead check[/] {len(bars)} symbols x {interval} (HTF {config.htf_factor} x), "
                   f"{fmt(plan.start)} .. {fmt(plan.end)} UTC, {df.height:,} bars; {args.cuts} cuts and {args.offsets} "
-                  f"later starts per symbol (seed {args.seed}); scorer {make().scorer.version}"
+                  f"later starts per symbol (seed {args.seed}), {args.engine} engine; scorer {make().scorer.version}"
                   + (f"; features {', '.join(features)}" if features else ""))
     with Progress(console=err, disable=args.no_progress, transient=True) as progress:
         task = progress.add_task("runs", total=len(bars) * (1 + args.cuts + args.offsets))
         report = lookahead_check(bars, make, cuts=args.cuts, seed=args.seed, features=features, offsets=args.offsets,
+                                 form=args.engine,
                                  on_progress=lambda what: progress.update(task, advance=1, description=what))
     if report.findings:
         t = Table("symbol", "tf", "open_time (UTC)", "field", "full", "prefix", "cut at", title=
@@ -492,6 +493,8 @@ def main(argv: list[str] | None = None) -> int:
     la.add_argument("--smc", type=_smc_override, action="append", metavar="KEY=VALUE",
                     help="an SMC engine setting (e.g. swing_length=3); repeatable")
     la.add_argument("--scorer", choices=["model", "heuristic"], default="model")
+    la.add_argument("--engine", choices=["stream", "batch"], default="stream",
+                    help="the processors' stream core (default) or the numba batch engine (smc backtest's default)")
     la.add_argument("--config", default=argparse.SUPPRESS, help="TOML settings file (as smc --config)")
     la.add_argument("--show", type=int, default=5, help="findings shown per (symbol, timeframe, field) (default 5)")
     la.add_argument("--no-progress", action="store_true")

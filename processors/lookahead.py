@@ -124,6 +124,23 @@ def run_core(symbol: str, records: Sequence[tuple[bytes, bytes]], make_processor
     return out
 
 
+def run_batch(symbol: str, bars, proc: KlineProcessor) -> dict[tuple[str, int], tuple[int, bytes]]:
+    """run_core for the numba batch form (processors/batch_signals.py) over the bars: the same keys, the
+    base bar that closes each HTF bar as its emitter (processors/smc/batch.aggregate_htf)."""
+    from processors.batch_signals import batch_signals
+    from processors.smc.batch import _arrays, aggregate_htf
+    from schemas import encode_signal
+    cfg = proc.config
+    _, close_idx = aggregate_htf(_arrays(bars), cfg.interval_ms, cfg.htf_factor)
+    index = {t: i for i, t in enumerate(bars["open_time"].to_list())}
+    closes = iter(close_idx.tolist())
+    out = {}
+    for sig in batch_signals(bars, symbol, proc.scorer, proc.strategy_version, cfg):
+        i = index[sig.open_time] if sig.timeframe == proc.interval else next(closes)
+        out[(sig.timeframe, sig.open_time)] = (i, encode_signal(sig))
+    return out
+
+
 def feature_values(fn: BarsFeature, bars) -> dict[str, np.ndarray | list]:
     """A user feature's output as named columns of one value per bar (a mapping / DataFrame: its columns)."""
     v = fn(bars)
@@ -148,20 +165,29 @@ def _bits(x) -> object:
 # --- the checks ----------------------------------------------------------------------------------------
 def lookahead_check(bars_by_symbol: Mapping[str, object], make_processor: Callable[[], KlineProcessor], *,
                     cuts: int = 8, seed: int = 0, features: Mapping[str, BarsFeature] | None = None,
-                    offsets: int = 2, max_findings: int = 10_000,
+                    offsets: int = 2, max_findings: int = 10_000, form: str = "stream",
                     on_progress: Callable[[str], None] | None = None) -> Report:
     """Full run vs prefix runs at `cuts` seeded random cut points per symbol, and full run vs runs started
     `offsets` seeded random bars later (warm-up sensitivity).
 
     bars_by_symbol: symbol -> polars DataFrame of its bars in open_time order (open_time, open, high, low,
     close, volume). make_processor: a fresh KlineProcessor (scorer, config, interval) per run.
-    features: name -> user feature (bars -> values per bar), checked the same way.
+    features: name -> user feature (bars -> values per bar), checked the same way. form: "stream" (the
+    processors' core, fed kline records) or "batch" (the numba batch engine over the bars).
     on_progress(what) is called after each run (for a progress bar: 1 + cuts + offsets runs per symbol).
     """
     rng = np.random.default_rng(seed)
     features = dict(features or {})
     rep = Report(symbols=list(bars_by_symbol))
     interval = make_processor().interval
+    if form not in ("stream", "batch"):
+        raise ValueError(f"form {form!r}: expected stream or batch")
+
+    def run(symbol: str, bars, records, lo: int, hi: int):
+        if form == "batch":
+            got = run_batch(symbol, bars.slice(lo, hi - lo), make_processor())
+            return got
+        return run_core(symbol, records[lo:hi], make_processor)
     tick = on_progress or (lambda _what: None)
 
     def found(f: Finding) -> None:
@@ -173,14 +199,14 @@ def lookahead_check(bars_by_symbol: Mapping[str, object], make_processor: Callab
         n = bars.height
         rep.bars += n
         times = bars["open_time"].to_list()
-        records = kline_records(symbol, bars, interval)
-        full = run_core(symbol, records, make_processor)
+        records = kline_records(symbol, bars, interval) if form == "stream" else []
+        full = run(symbol, bars, records, 0, n)
         full_feats = {name: feature_values(fn, bars) for name, fn in features.items()}
         tick(f"{symbol} full")
         picks = sorted(set(rng.integers(1, n, size=cuts).tolist())) if n > 1 else []
         rep.cuts[symbol] = picks
         for cut in picks:
-            part = run_core(symbol, records[:cut], make_processor)
+            part = run(symbol, bars, records, 0, cut)
             cut_time = times[cut]
             for key, (_, raw) in part.items():
                 rep.compared += 1
@@ -207,7 +233,7 @@ def lookahead_check(bars_by_symbol: Mapping[str, object], make_processor: Callab
         starts = sorted(set(rng.integers(1, max(2, n // 3), size=offsets).tolist())) if n > 3 and offsets else []
         rep.offsets[symbol] = starts
         for k in starts:
-            later = run_core(symbol, records[k:], make_processor)
+            later = run(symbol, bars, records, k, n)
             rep.warmup += _warmup(symbol, k, full, later)
             for name, fn in features.items():
                 got = feature_values(fn, bars.slice(k))

@@ -101,6 +101,27 @@ emits the bar before the cut, which the full run emitted on the bar at the cut."
     assert all(f.full == "present" and f.prefix == "absent" for f in rep.findings)
 
 
+def test_batch_engine_is_clean_and_a_shifted_column_in_it_is_caught(day_bars, monkeypatch):
+    """The numba batch form (smc backtest's default): clean; then a vectorised slip that reads the next row
+    (rsi_14 shifted by -1, the classic lookahead of a column-wise engine) is caught at the bar and field."""
+    import processors.batch_signals as BS
+    bars = {"SOLUSDT": day_bars["SOLUSDT"].head(600)}
+    clean = L.lookahead_check(bars, _factory(HeuristicScorer()), cuts=4, seed=2, offsets=1, form="batch")
+    assert clean.clean and clean.compared > 0
+    real = BS.compute_batch_all
+
+    def leaky(b, cfg):
+        return {tf: (f.with_columns(pl.col("rsi_14").shift(-1).fill_null(50.0)) if tf == "1m" else f)
+                for tf, f in real(b, cfg).items()}
+    monkeypatch.setattr(BS, "compute_batch_all", leaky)
+    rep = L.lookahead_check(bars, _factory(HeuristicScorer()), cuts=4, seed=2, offsets=0, form="batch")
+    times = bars["SOLUSDT"]["open_time"].to_list()
+    rsi = [f for f in rep.findings if f.field == "features.rsi_14"]
+    assert sorted((f.cut, f.open_time) for f in rsi) == [(c, times[c - 1]) for c in rep.cuts["SOLUSDT"]
+                                                          if rep.cuts["SOLUSDT"]]
+    assert all(f.timeframe == "1m" and f.prefix == 50.0 for f in rsi)
+
+
 def test_scorer_reading_later_rows_of_its_batch_is_caught(day_bars, monkeypatch):
     """A confidence normalised over the batch (its later rows are the future): caught as 'confidence'."""
     plain = HeuristicScorer.score
@@ -125,4 +146,5 @@ def test_cli_exit_codes(capsys):
     with pytest.raises(SystemExit) as e:
         main(base + ["--feature", "no_such_module:f"])
     assert e.value.code == 2
+    assert main(base + ["--engine", "batch"]) == 0
     assert main(["lookahead-check", "--symbols", "NOPEUSDT", "--no-progress"]) == 2
