@@ -122,6 +122,111 @@ def cmd_sweep(args) -> int:
 # --- end smc backtest ----------------------------------------------------------------------------------
 
 
+# --- smc lookahead-check (issue 16): full run vs prefixes, on any data, config and user feature ---------
+def _feature_ref(value: str):
+    """--feature module:function -> the function (bars DataFrame -> one value per bar)."""
+    import importlib
+    mod, _, name = value.partition(":")
+    if not mod or not name:
+        raise argparse.ArgumentTypeError(f"{value!r}: use module:function (e.g. mypkg.feats:next_close)")
+    if os.getcwd() not in sys.path:   # the `smc` script's path does not hold the user's directory
+        sys.path.append(os.getcwd())
+    try:
+        fn = getattr(importlib.import_module(mod), name)
+    except (ImportError, AttributeError) as exc:
+        raise argparse.ArgumentTypeError(f"{value!r}: {exc}") from None
+    if not callable(fn):
+        raise argparse.ArgumentTypeError(f"{value!r} is not a function")
+    return value, fn
+
+
+def _smc_override(value: str) -> tuple[str, object]:
+    """--smc KEY=VALUE: one SmcConfig field (e.g. swing_length=3), typed as its default."""
+    import dataclasses
+    from processors.smc import SmcConfig
+    key, _, raw = value.partition("=")
+    fields = {f.name: f for f in dataclasses.fields(SmcConfig)}
+    if key not in fields or not raw:
+        raise argparse.ArgumentTypeError(f"{value!r}: use KEY=VALUE with KEY one of {', '.join(fields)}")
+    default = getattr(SmcConfig(), key)
+    try:
+        typed = (raw.lower() in ("1", "true", "yes")) if isinstance(default, bool) else type(default)(raw)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{value!r}: {key} takes a {type(default).__name__}") from None
+    return key, typed
+
+
+def cmd_lookahead_check(args) -> int:
+    import dataclasses
+    from datetime import datetime, timezone
+    from rich.progress import Progress
+    from rich.table import Table
+    from infra.pipeline import PipelineError, plan_backtest
+    from ingest.replay import ReplayError, load_klines
+    from processors.lookahead import lookahead_check, processor_factory
+    from processors.scoring import load_scorer
+    from processors.smc import SmcConfig
+    from schemas import interval_ms
+    console, err = Console(), Console(stderr=True)
+    settings = load_settings(getattr(args, "config", None))
+    if args.scorer == "heuristic":
+        settings = settings.with_(model_path="")
+    data = args.data if args.data.endswith((".parquet", ".csv")) or "/" in args.data else \
+        str(REPO_ROOT / "ingest" / "recorded" / f"{args.data}.parquet")
+    interval = _interval_of([data], args.interval)
+    try:
+        plan = plan_backtest([data], args.symbols.split(",") if args.symbols else None, args.start, args.end,
+                             None if args.start else args.days, None, interval)
+        df = load_klines(plan.files, plan.symbols, plan.start, plan.end, interval)
+    except (PipelineError, ReplayError) as exc:
+        err.print(f"[red]error:[/] {exc}")
+        return 2
+    bars = {sym: d.sort("open_time") for (sym,), d in df.group_by("symbol", maintain_order=True)}
+    config = dataclasses.replace(SmcConfig(interval_ms=interval_ms(interval), htf_factor=settings.htf_factor),
+                                 **dict(args.smc or []))
+    make = processor_factory(load_scorer(settings.model_path), settings.strategy_version, interval, config)
+    features = dict(args.feature or [])
+    fmt = lambda t: datetime.fromtimestamp(t / 1000, timezone.utc).strftime("%Y-%m-%d %H:%M")   # noqa: E731
+    console.print(f"[bold]Lookahead check[/] {len(bars)} symbols x {interval} (HTF {config.htf_factor} x), "
+                  f"{fmt(plan.start)} .. {fmt(plan.end)} UTC, {df.height:,} bars; {args.cuts} cuts and {args.offsets} "
+                  f"later starts per symbol (seed {args.seed}), {args.engine} engine; scorer {make().scorer.version}"
+                  + (f"; features {', '.join(features)}" if features else ""))
+    with Progress(console=err, disable=args.no_progress, transient=True) as progress:
+        task = progress.add_task("runs", total=len(bars) * (1 + args.cuts + args.offsets))
+        report = lookahead_check(bars, make, cuts=args.cuts, seed=args.seed, features=features, offsets=args.offsets,
+                                 form=args.engine,
+                                 on_progress=lambda what: progress.update(task, advance=1, description=what))
+    if report.findings:
+        t = Table("symbol", "tf", "open_time (UTC)", "field", "full", "prefix", "cut at", title=
+                  f"LOOKAHEAD: {report.n_findings:,} values change when later bars are removed")
+        seen: dict[tuple, int] = {}
+        for f in report.findings:
+            k = (f.symbol, f.timeframe, f.field)
+            seen[k] = seen.get(k, 0) + 1
+            if seen[k] <= args.show:
+                t.add_row(f.symbol, f.timeframe, fmt(f.open_time), f.field, str(f.full)[:60], str(f.prefix)[:60],
+                          fmt(f.cut_time))
+        console.print(t)
+    if report.warmup:
+        worst: dict[tuple, object] = {}
+        for w in report.warmup:
+            k = (w.timeframe, w.field)
+            cur = worst.get(k)
+            if cur is None or (w.bars_to_agree is None) or (cur.bars_to_agree is not None and w.bars_to_agree > cur.bars_to_agree):
+                worst[k] = w
+        t = Table("tf", "field", "agree after (bars)", "symbol", "start offset", "compared",
+                  title="warm-up sensitivity (not lookahead: values depend on the history before them)")
+        for (tf, name), w in sorted(worst.items(), key=lambda kv: (kv[0][0], -(kv[1].bars_to_agree or 10**12))):
+            t.add_row(tf, name, "not within" if w.bars_to_agree is None else str(w.bars_to_agree), w.symbol,
+                      str(w.offset), str(w.compared))
+        console.print(t)
+    verdict = "clean: no value changed when later bars were removed" if report.clean else \
+        f"{report.n_findings:,} lookahead finding(s)"
+    console.print(f"{report.compared:,} values compared over {sum(len(c) for c in report.cuts.values())} prefixes; {verdict}")
+    return 0 if report.clean else 1
+# --- end smc lookahead-check ---------------------------------------------------------------------------
+
+
 def _interval_name(value: str) -> str:
     from schemas import SchemaError, interval_ms
     try:
@@ -369,6 +474,31 @@ def main(argv: list[str] | None = None) -> int:
                      ("--workers", dict(type=int, default=2)), ("--windows", dict(type=int, default=4))):
         sw.add_argument(name, **kw)
     sw.set_defaults(fn=cmd_sweep)
+
+    la = sub.add_parser("lookahead-check", help="research: full run vs prefixes at random cuts (and later starts); "
+                        "any value that changes is lookahead. Exit 0 clean, 1 findings")
+    la.add_argument("--data", default="perps_1m_2025-05",
+                    help="a recorded data set under ingest/recorded (name without .parquet) or a file path")
+    la.add_argument("--symbols", help="comma-separated symbols (default: all of the data)")
+    la.add_argument("--days", type=float, default=1, help="the last N days of the data (default 1)")
+    la.add_argument("--start", type=_when, help="period start (ISO date/datetime, UTC, or epoch ms)")
+    la.add_argument("--end", type=_when, help="period end, exclusive")
+    la.add_argument("--interval", help="bar interval of the data (default: from the file name)")
+    la.add_argument("--cuts", type=int, default=8, help="random cut points per symbol (default 8)")
+    la.add_argument("--offsets", type=int, default=2, help="later starts per symbol for the warm-up check (default 2)")
+    la.add_argument("--seed", type=int, default=0, help="seed of the cut points (default 0)")
+    la.add_argument("--feature", type=_feature_ref, action="append",
+                    help="module:function, a user feature (polars DataFrame of one symbol's bars -> one value per "
+                         "bar, or a DataFrame/dict of columns) checked the same way; repeatable")
+    la.add_argument("--smc", type=_smc_override, action="append", metavar="KEY=VALUE",
+                    help="an SMC engine setting (e.g. swing_length=3); repeatable")
+    la.add_argument("--scorer", choices=["model", "heuristic"], default="model")
+    la.add_argument("--engine", choices=["stream", "batch"], default="stream",
+                    help="the processors' stream core (default) or the numba batch engine (smc backtest's default)")
+    la.add_argument("--config", default=argparse.SUPPRESS, help="TOML settings file (as smc --config)")
+    la.add_argument("--show", type=int, default=5, help="findings shown per (symbol, timeframe, field) (default 5)")
+    la.add_argument("--no-progress", action="store_true")
+    la.set_defaults(fn=cmd_lookahead_check)
 
     q = sub.add_parser("query", help="run SQL against the audit trail (chDB or server, from SMC_CLICKHOUSE_DSN)")
     q.add_argument("sql", help="SQL text, or - for standard input")
