@@ -13,6 +13,7 @@ import argparse
 import logging
 import sys
 
+from infra.logs import setup_logging
 from infra.settings import load_settings
 
 
@@ -28,8 +29,8 @@ def main(argv: list[str] | None = None) -> int:
     fl.add_argument("symbol")
     sub.add_parser("resume", help="allow new entries again after the executor halted trading")
     args = ap.parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s %(message)s")
     settings = load_settings()
+    setup_logging("executor", logging.INFO, run=settings.namespace)   # text, or JSON lines (SMC_LOG_FORMAT=json)
     if args.cmd in ("flatten", "resume"):
         from executor.service import send_command
         from infra.kafka_io import BrokerUnavailable, require_broker

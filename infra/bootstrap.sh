@@ -4,6 +4,7 @@
 #   bash infra/bootstrap.sh test    # set up, start a local Kafka broker, run the test suite
 #   bash infra/bootstrap.sh bench   # set up, run the benchmark suite (prints ratios)
 #   bash infra/bootstrap.sh stress  # set up, run the fault matrix (SMC_STRESS_N repetitions, default 20)
+#   bash infra/bootstrap.sh lint    # set up, `ruff check .` (rules in pyproject.toml [tool.ruff])
 # Set-up is idempotent: a .venv with the project, and the Apache Kafka jars fetched by Maven.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -16,7 +17,7 @@ setup() {
   if [ ! -x .venv/bin/python ]; then
     "$PY" -m venv .venv
   fi
-  if ! .venv/bin/python -c "import infra.cli, faust, chdb, talib, smartmoneyconcepts, httpx" >/dev/null 2>&1; then
+  if ! .venv/bin/python -c "import infra.cli, faust, chdb, talib, smartmoneyconcepts, httpx, ruff" >/dev/null 2>&1; then
     .venv/bin/python -m pip install -q --upgrade pip
     .venv/bin/python -m pip install -q -e '.[test]'
   fi
@@ -45,6 +46,10 @@ cmd=${1:-test}
 shift || true
 case "$cmd" in
   setup) setup ;;
+  lint)
+    setup
+    .venv/bin/python -m ruff check . "$@"
+    ;;
   run)
     setup
     exec .venv/bin/smc run "$@"
@@ -67,5 +72,5 @@ case "$cmd" in
     trap broker_down EXIT
     .venv/bin/python -m pytest -m stress -q -s -p no:cacheprovider tests/stress "$@"
     ;;
-  *) echo "usage: bash infra/bootstrap.sh {run|test|bench|stress|setup}" >&2; exit 2 ;;
+  *) echo "usage: bash infra/bootstrap.sh {run|test|bench|stress|lint|setup}" >&2; exit 2 ;;
 esac

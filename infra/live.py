@@ -5,7 +5,8 @@
         --audit sink--> ClickHouse
 
 Every part runs as a child process with the settings' environment (infra.settings.to_env), its log in
-<data_dir>/live/<name>.log. The supervisor (this module, in the `smc` process):
+<data_dir>/live/<name>.log, as JSON lines (SMC_LOG_FORMAT=json unless the environment chose text; infra/logs.py;
+lines a child prints itself, such as its final summary, stay plain text). The supervisor (this module, in the `smc` process):
   * starts/ensures Kafka (BrokerHandle) and the topics, then the children downstream first
     (audit sink, executor, processors worker, live ingest), each in its own session so a terminal
     Ctrl-C reaches only the supervisor, which then stops them in order;
@@ -30,6 +31,7 @@ import sys
 import threading
 import time
 from dataclasses import dataclass, field
+from datetime import datetime, timezone
 from pathlib import Path
 from typing import Iterable, Sequence
 
@@ -94,8 +96,7 @@ class Child:
     def start(self) -> None:
         if self._log is None:
             self._log = open(self.log_path, "ab")
-        self._log.write(f"\n==== {time.strftime('%Y-%m-%d %H:%M:%S')} start #{self.starts + 1}: "
-                        f"python {' '.join(self.spec.argv)}\n".encode())
+        self._log.write(self._start_line())
         self._log.flush()
         self.proc = subprocess.Popen([sys.executable, *self.spec.argv], env=self.env, cwd=REPO_ROOT,
                                      stdin=subprocess.DEVNULL, stdout=self._log, stderr=subprocess.STDOUT,
@@ -105,6 +106,15 @@ class Child:
         self.started_at = time.monotonic()
         self.restart_at = None
         self.pids.append(self.proc.pid)
+
+    def _start_line(self) -> bytes:
+        """The line the supervisor writes before each start: a JSON record when the child logs JSON."""
+        what = f"start #{self.starts + 1}: python {' '.join(self.spec.argv)}"
+        if self.env.get("SMC_LOG_FORMAT", "").strip().lower() == "json":
+            ts = datetime.now(timezone.utc).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+            return orjson.dumps({"ts": ts, "level": "INFO", "logger": "smc.live", "process": "supervisor",
+                                 "run": self.env.get("SMC_NAMESPACE", ""), "msg": what}) + b"\n"
+        return f"\n==== {time.strftime('%Y-%m-%d %H:%M:%S')} {what}\n".encode()
 
     def alive(self) -> bool:
         return self.proc is not None and self.proc.poll() is None
@@ -185,6 +195,7 @@ class LiveSupervisor:
         base_env = dict(os.environ)
         base_env.update(to_env(settings))
         base_env["PYTHONUNBUFFERED"] = "1"
+        base_env.setdefault("SMC_LOG_FORMAT", "json")     # log files: JSON lines, no terminal colour codes
         self.children = [Child(spec, self.dir, base_env) for spec in children]
         self.max_restarts = max_restarts
         self.backoff = (backoff_s, backoff_cap_s)

@@ -73,9 +73,10 @@ def _settings(args):
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
-                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     settings = _settings(args)
+    from infra.logs import setup_logging     # text, or JSON lines with SMC_LOG_FORMAT=json
+    setup_logging("sink" if args.cmd == "audit" else "ingest", logging.DEBUG if args.verbose else logging.INFO,
+                  run=settings.namespace)
 
     if args.cmd == "replay":
         from ingest.replay import ReplayError, replay

@@ -219,7 +219,7 @@ class IngestCore:
         # what REST did not have is given up (never re-requested forever); the stream moves on
         self.gaps.produced(job.symbol, job.last)
         jobs: list[BackfillJob] = []
-        for i, k in enumerate(sorted(held, key=lambda x: x.open_time)):
+        for k in sorted(held, key=lambda x: x.open_time):
             if job.symbol in self.pending:          # a new gap opened: keep holding the rest
                 self.pending[job.symbol].append(k)
                 continue

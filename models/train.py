@@ -88,8 +88,9 @@ def apply_calibration(raw: np.ndarray, cal: dict) -> np.ndarray:
     return np.clip(np.interp(raw, x, np.asarray(cal["y"], dtype=np.float64)), 0.0, 1.0)
 
 
-def train_model(ds: pl.DataFrame, cfg: TrainConfig = TrainConfig(), log=print) -> dict:
+def train_model(ds: pl.DataFrame, cfg: TrainConfig | None = None, log=print) -> dict:
     """-> {"booster", "model_text", "content_hash", "calibration", "cv", "oof_raw", "oof_cal", "rounds"}."""
+    cfg = cfg if cfg is not None else TrainConfig()
     import lightgbm as lgb
     ds = ds.sort(["t0", "symbol"])
     X, y = xy(ds)

@@ -11,6 +11,7 @@ import logging
 import os
 import sys
 
+from infra.logs import apply_format
 from infra.settings import load_settings
 from schemas import topic_name
 
@@ -42,6 +43,8 @@ def main(argv: list[str] | None = None) -> int:
 
     class Worker(faust.Worker):
         def on_setup_root_logger(self, logger: logging.Logger, _level: int) -> None:
+            # Faust's hook once its handlers exist: SMC_LOG_FORMAT=json gives them the JSON formatter
+            apply_format(logger, "worker", settings.namespace)
             logger.setLevel(level)
             for name in debug_loggers:
                 logging.getLogger(name).setLevel(logging.DEBUG)
@@ -68,6 +71,8 @@ def main(argv: list[str] | None = None) -> int:
             return 2
 
     worker = Worker(app, loglevel="debug" if debug_loggers else args.loglevel, quiet=True, redirect_stdouts=False)
+    if not sys.stdout.isatty():   # a log file: no progress spinner, whose cursor codes would land in it
+        worker.spinner = None
     worker.execute_from_commandline()
     return 0
 

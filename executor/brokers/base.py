@@ -62,8 +62,8 @@ class Broker(ABC):
     def to_dict(self) -> dict:
         return {}
 
-    def load_dict(self, d: dict) -> None:
+    def load_dict(self, d: dict) -> None:  # noqa: B027 - optional hook: a broker without state keeps the no-op
         pass
 
-    def close(self) -> None:
+    def close(self) -> None:  # noqa: B027 - optional hook: a broker without state keeps the no-op
         pass

@@ -88,7 +88,7 @@ class PaperBroker(Broker):
     def on_bar_range(self, bar) -> list:
         # group the resting legs by position (signal), so stop and target are judged together
         groups: dict[str, dict[str, tuple[Order, str]]] = {}
-        for cid, (order, tf, pside) in self.resting.items():
+        for order, tf, pside in self.resting.values():
             if order.symbol == bar.symbol and (not tf or tf == bar.timeframe) and bar.close_time > order.ts:
                 groups.setdefault(order.signal_id, {})[order.leg] = (order, pside)
         out = []

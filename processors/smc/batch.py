@@ -29,10 +29,10 @@ _SIDES = pl.Series("setup_side", ["short", "flat", "long"], dtype=pl.Utf8)
 
 
 def _arrays(df: Any) -> dict:
-    if isinstance(df, pl.DataFrame):
-        get = lambda k: df[k].to_numpy()
-    else:                                     # pandas or a mapping of arrays
-        get = lambda k: np.asarray(df[k])
+    def get(k):
+        if isinstance(df, pl.DataFrame):
+            return df[k].to_numpy()
+        return np.asarray(df[k])              # pandas or a mapping of arrays
     try:
         cols = {k: get(k) for k in _COLS}
     except Exception as e:  # noqa: BLE001 - report which column is missing

@@ -490,7 +490,7 @@ def test_bench_live_latency(settings):
     for recv, created_ms, value in tap.got:
         sig = decode_signal(value)
         trigger = sig.open_time + interval_ms(sig.timeframe) - step          # the 1m bar that closed it
-        for ph, (produced, _) in phases.items():
+        for ph, (produced, _) in phases.items():  # noqa: B007 - `ph` is read after the break
             t_prod = produced.get((sig.symbol, trigger))
             if t_prod is not None:
                 break

@@ -62,7 +62,7 @@ def recorded_signals(n: int, symbols: tuple[str, ...] = ("BTCUSDT",), seed: int 
     rng = random.Random(seed)
     scale = {"BTCUSDT": 1.0, "ETHUSDT": 1 / 13.0, "SOLUSDT": 1 / 250.0}
     out: list[Signal] = []
-    for i, (ot, o, h, l, c) in enumerate(rows):
+    for ot, o, h, l, c in rows:
         for sym in symbols:
             k = scale.get(sym, 1.0)
             o2, h2, l2, c2 = (round(x * k, 2) for x in (o, h, l, c))

@@ -9,7 +9,7 @@ from collections import Counter
 import orjson
 import pytest
 
-from executor.brokers.paper import PaperBroker, PaperConfig
+from executor.brokers.paper import PaperBroker
 from executor.config import ExecutorConfig
 from executor.engine import Engine
 from executor.exits import ExitRules

@@ -53,7 +53,6 @@ def test_universe_filters_status_contract_and_quote():
 
 
 def test_universe_cache_refresh_and_reconcile_diff():
-    payloads = [{"symbols": []}]
     real = json.loads((BIN / "http_futures_market_exchange_info.json").read_text())
     calls = []
 

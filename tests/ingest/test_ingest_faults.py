@@ -131,7 +131,7 @@ def scenario_restart_after_downtime(settings, down_minutes: int = 3) -> tuple[in
             wait_for(lambda: _subscribed(first, fb, names), 30, "first run connected")
             for m in range(3):
                 fb.publish()
-                wait_for(lambda: first.core.stats.produced >= 20 * (m + 1), 20, f"minute {m}")
+                wait_for(lambda m=m: first.core.stats.produced >= 20 * (m + 1), 20, f"minute {m}")
         for _ in range(down_minutes):                                             # down: nobody listens
             fb.publish()
         second = _svc(settings, fb, per_shard=10, start_ms=None)                  # default start

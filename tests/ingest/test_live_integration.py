@@ -70,7 +70,7 @@ def test_320_symbols_disconnect_and_drops_exactly_once(settings):
             closed = 0
             for minute in range(3):
                 closed += fb.publish()
-                wait_for(lambda: svc.core.stats.closed >= closed, 20, f"minute {minute} received")
+                wait_for(lambda closed=closed: svc.core.stats.closed >= closed, 20, f"minute {minute} received")
             # forced disconnect: minute 3 is published while every connection is down
             assert fb.disconnect_all() == 7
             fb.publish()

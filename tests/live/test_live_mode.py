@@ -162,8 +162,18 @@ def test_live_mode_end_to_end(settings, tmp_path):
     assert pids and all(_gone(p) for p in pids), pids
     final = json.loads(status_path.read_text())
     assert all(c["state"] == "stopped" for c in final["children"].values()), final
-    for name in ("ingest", "processors", "executor", "audit"):
-        assert (tmp_path / "live" / f"{name}.log").exists()
+    # the children log JSON lines (SMC_LOG_FORMAT=json from the supervisor), without terminal codes; only
+    # what a child prints itself (its final summary) is plain text
+    process_of = {"ingest": "ingest", "processors": "worker", "executor": "executor", "audit": "sink"}
+    for name, process in process_of.items():
+        text = (tmp_path / "live" / f"{name}.log").read_text()
+        assert "\x1b" not in text, name
+        records = [json.loads(line) for line in text.splitlines() if line.startswith("{")]
+        processes = {r["process"] for r in records}
+        assert "supervisor" in processes and processes <= {"supervisor", process}, (name, processes)
+        if name in ("ingest", "executor"):        # both log at INFO (the worker runs at warning, the sink is quiet)
+            assert process in processes, name
+        assert {r["run"] for r in records} == {s.namespace}, name
 
     # klines: every (symbol, minute) exactly once, all live
     ks = [decode_kline(m.value()) for m in kafka_io.read_topic(s, "klines")]

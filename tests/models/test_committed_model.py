@@ -5,7 +5,6 @@ import hashlib
 import json
 
 import numpy as np
-import polars as pl
 import pytest
 
 from models.dataset import PERPS_1M, REPO, load_klines, smc_config, symbol_features

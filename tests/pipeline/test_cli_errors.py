@@ -1,7 +1,17 @@
 """`smc` commands fail clearly, with an exit code, when what they read is not there."""
 from __future__ import annotations
 
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
 from infra import cli
+from infra.settings import REPO_ROOT, SettingsError, load_settings
 
 
 def test_htf_bars_without_a_broker_says_so(monkeypatch, capsys):
@@ -12,17 +22,6 @@ def test_htf_bars_without_a_broker_says_so(monkeypatch, capsys):
 
 
 # --- user mistakes: a one-line error naming the input and what is valid, exit code 2, no traceback ---
-import os
-import signal
-import subprocess
-import sys
-import time
-from pathlib import Path
-
-import pytest
-
-from infra.settings import REPO_ROOT, SettingsError, load_settings
-
 
 def _clean_env(**given: str) -> dict:
     """The child's environment: no SMC_* left over from the test process (an earlier test's or the

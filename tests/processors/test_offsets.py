@@ -44,7 +44,7 @@ def test_a_record_that_never_comes_back_stops_the_worker_after_bounded_seeks():
     gate = OffsetGate({3: 50}.get)
     assert gate.classify(3, 52, 0.0) == GAP
     t = 0.0
-    for i in range(SEEK_ATTEMPTS):
+    for _ in range(SEEK_ATTEMPTS):
         assert gate.seeks_due(t) == [(3, 50)]
         t += SEEK_RETRY_S
     with pytest.raises(OffsetGapError, match="partition 3: offset 50 did not come back"):

@@ -101,7 +101,8 @@ def test_time_gaps(btc_1m):
 
 def test_htf_closes_on_ending_bar_or_next_bucket():
     s = SymbolState(SmcConfig(interval_ms=60_000, htf_factor=5))
-    b = lambda m: (m * 60_000, 1.0, 2.0, 0.5, 1.5, 1.0)
+    def b(m):
+        return (m * 60_000, 1.0, 2.0, 0.5, 1.5, 1.0)
     assert [len(s.update(b(m))) for m in range(5)] == [1, 1, 1, 1, 2]   # minute 4 ends the 5m bar
     assert [len(s.update(b(m))) for m in (5, 6)] == [1, 1]
     out = s.update(b(11))                                               # gap: bucket 5..9 closed by minute 11

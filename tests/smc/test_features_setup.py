@@ -83,8 +83,7 @@ def test_setups_are_consistent_with_events(klines_1h):
     n_long = n_short = 0
     for sym in ("BTCUSDT", "ETHUSDT", "SOLUSDT"):
         f = compute_batch(U.symbol_frame(klines_1h, sym), cfg)
-        atr_eff = f["atr"].fill_nan(None).fill_null(strategy="backward").to_numpy()
-        for r, ae in zip(f.iter_rows(named=True), atr_eff):
+        for r in f.iter_rows(named=True):
             e = orjson.loads(r["events"])
             bull = any(x["dir"] == 1 for x in e.get("sweep", [])) or any(e.get(k, {}).get("dir") == 1 for k in ("bos", "choch"))
             bear = any(x["dir"] == -1 for x in e.get("sweep", [])) or any(e.get(k, {}).get("dir") == -1 for k in ("bos", "choch"))
