@@ -24,13 +24,11 @@ import threading
 import orjson
 import websockets
 
-from executor.brokers.binance import BinanceError
+from executor.brokers.binance import LIVE_WS_URL, TESTNET_WS_URL, BinanceError  # noqa: F401
 from executor.user_stream import ListenKeyExpired, MalformedEvent, ParseStats, parse_event
 
 log = logging.getLogger("smc.executor.user_stream")
 
-TESTNET_WS_URL = "wss://stream.binancefuture.com"      # the testnet, as the broker's default REST URL
-LIVE_WS_URL = "wss://fstream.binance.com"
 KEY_GONE = -1125                                        # "This listenKey does not exist."
 
 
@@ -54,16 +52,30 @@ class UserDataStream:
         self._thread: threading.Thread | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
         self._ws = None
+        self._task: asyncio.Task | None = None
 
     # --- lifecycle ----------------------------------------------------------------------------------
     def start(self) -> None:
-        self._thread = threading.Thread(target=lambda: asyncio.run(self._run()), name="user-data-stream", daemon=True)
+        self._thread = threading.Thread(target=self._main, name="user-data-stream", daemon=True)
         self._thread.start()
 
+    def _main(self) -> None:
+        async def main():
+            self._task = asyncio.current_task()
+            try:
+                await self._run()
+            except asyncio.CancelledError:
+                pass
+        asyncio.run(main())
+
     def stop(self, timeout: float = 10.0) -> None:
+        """Ends the thread whatever it is doing (connecting, reading, backing off): its task is cancelled."""
         self._stop.set()
-        if self._loop is not None and self._ws is not None:
-            asyncio.run_coroutine_threadsafe(self._ws.close(), self._loop)
+        if self._loop is not None and self._task is not None:
+            try:
+                self._loop.call_soon_threadsafe(self._task.cancel)
+            except RuntimeError:             # the loop has already finished
+                pass
         if self._thread is not None:
             self._thread.join(timeout)
 
@@ -90,6 +102,8 @@ class UserDataStream:
     # --- the connection loop --------------------------------------------------------------------------
     async def _run(self) -> None:
         self._loop = asyncio.get_running_loop()
+        if self._stop.is_set():
+            return
         failures = 0
         while not self._stop.is_set():
             try:

@@ -52,6 +52,8 @@ for _name in ("httpx", "httpcore"):
 
 LIVE_URL = "https://fapi.binance.com"
 TESTNET_URL = "https://testnet.binancefuture.com"
+LIVE_WS_URL = "wss://fstream.binance.com"              # user data stream: /ws/<listenKey>
+TESTNET_WS_URL = "wss://fstream.binancefuture.com"     # USD-M futures testnet streams
 
 
 # --- errors -------------------------------------------------------------------------------------
@@ -361,6 +363,7 @@ class BinanceBroker(Broker):
         self.pushed: collections.deque = collections.deque()
         self.stream_live = False                     # a stream socket is connected: no per-bar algo polling
         self.stream_connects = 0
+        self.stream = None                           # the UserDataStream, once start_user_stream() ran
 
     def __repr__(self) -> str:
         return f"BinanceBroker({self.client!r})"
@@ -377,7 +380,24 @@ class BinanceBroker(Broker):
             url = settings.binance_trade_url
             if url.rstrip("/") == LIVE_URL:
                 raise BrokerError(f"{LIVE_URL} is the live exchange: pass --live with SMC_LIVE_TRADING=1")
-        return cls(BinanceClient(url, settings.api_key, settings.api_secret, **client_kw))
+        broker = cls(BinanceClient(url, settings.api_key, settings.api_secret, **client_kw))
+        # the user data stream gets its own REST client (its own thread; the engine's counters stay its own)
+        key, secret = settings.api_key, settings.api_secret
+        broker._stream_client = lambda: BinanceClient(url, key, secret, timeout=10.0)
+        broker._stream_ws_url = settings.binance_user_ws_url or (LIVE_WS_URL if url.rstrip("/") == LIVE_URL else TESTNET_WS_URL)
+        broker._stream_keepalive_s = settings.user_stream_keepalive_s
+        return broker
+
+    def start_user_stream(self):
+        """Start the user data stream (executor.user_stream_ws) for a broker made by from_settings; returns
+        it (None when the broker was built without settings)."""
+        make = getattr(self, "_stream_client", None)
+        if make is None:
+            return None
+        from executor.user_stream_ws import UserDataStream
+        self.stream = UserDataStream(make(), self, ws_url=self._stream_ws_url, keepalive_s=self._stream_keepalive_s)
+        self.stream.start()
+        return self.stream
 
     # --- lookups ------------------------------------------------------------------------------
     def lookup_order(self, symbol: str, cid: str) -> dict | None:
@@ -630,6 +650,11 @@ class BinanceBroker(Broker):
         pass   # resting orders are re-read from the engine's live orders in reconcile()
 
     def close(self) -> None:
+        stream = getattr(self, "stream", None)
+        if stream is not None:
+            stream.stop()
+            self.stream = None
+            stream.client.close()
         self.client.close()
 
 

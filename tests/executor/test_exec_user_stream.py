@@ -189,3 +189,31 @@ def test_refused_keepalive_gets_a_new_key_and_reconnects(live):
     fake.refuse_keepalive(1)                       # the exchange answers -1125 "This listenKey does not exist."
     wait_for(lambda: s.keepalive_refused >= 1 and s.connects >= 2 and b.stream_live, what="the new connection")
     assert s.keys_created >= 2 and b.needs_reconcile()
+
+
+def test_broker_from_settings_starts_its_stream_on_the_configured_url_and_close_stops_it(fake):
+    from infra.settings import Settings
+    s = Settings(api_key=KEY, api_secret=SECRET, binance_trade_url=fake.base_url, broker="binance",
+                 binance_user_ws_url=fake.base_url.replace("http://", "ws://"), user_stream_keepalive_s=60.0)
+    b = BinanceBroker.from_settings(s)
+    assert b._stream_ws_url.startswith("ws://127.0.0.1")
+    assert BinanceBroker.from_settings(s.with_(binance_user_ws_url=""))._stream_ws_url == "wss://fstream.binancefuture.com"
+    b.reconcile_due = False
+    stream = b.start_user_stream()
+    try:
+        wait_for(lambda: b.stream_live and fake.stream_connects == 1, what="the connection")
+        assert b.needs_reconcile() and stream.keepalive_s == 60.0
+    finally:
+        b.close()
+    assert b.stream is None and not stream._thread.is_alive()
+    wait_for(lambda: not fake.streams, what="the socket closed at the exchange")
+
+
+def test_a_malformed_or_unknown_event_on_the_socket_is_counted_and_the_stream_goes_on(live):
+    eng, b, s, fake = live
+    fake.push({"e": "ORDER_TRADE_UPDATE", "E": 1, "T": 1, "o": {"s": "BTCUSDT"}})
+    fake.push({"e": "MARGIN_CALL", "E": 1})
+    wait_for(lambda: s.malformed == 1 and s.stats.unknown == {"MARGIN_CALL": 1}, what="the bad events")
+    fake.trigger("BTCUSDT", 49_400.0)
+    wait_for(lambda: any(isinstance(u, AlgoUpdate) and u.status == "FINISHED" for u in list(b.pushed)), what="ALGO_UPDATE")
+    assert s.connects == 1
