@@ -34,12 +34,13 @@ KEY_GONE = -1125                                        # "This listenKey does n
 
 class UserDataStream:
     def __init__(self, client, sink, ws_url: str = TESTNET_WS_URL, keepalive_s: float = 30 * 60,
-                 backoff_s: float = 0.5, max_backoff_s: float = 30.0) -> None:
+                 backoff_s: float = 0.5, max_backoff_s: float = 30.0, ping_interval_s: float = 15.0) -> None:
         """`client`: a BinanceClient (its own: the stream's thread must not share the engine's counters);
         `sink`: on_push(update), on_stream_connected(), on_stream_lost() (the BinanceBroker)."""
         self.client, self.sink = client, sink
         self.ws_url = ws_url.rstrip("/")
         self.keepalive_s, self.backoff_s, self.max_backoff_s = keepalive_s, backoff_s, max_backoff_s
+        self.ping_interval_s = ping_interval_s
         self.stats = ParseStats()
         self.listen_key = ""
         self.keys_created = 0
@@ -109,8 +110,9 @@ class UserDataStream:
             try:
                 if not self.listen_key:
                     self.listen_key = await self._new_key()
+                # a half-open TCP connection shows no close: pings find it within ping_interval + ping_timeout
                 async with websockets.connect(f"{self.ws_url}/ws/{self.listen_key}", open_timeout=10,
-                                              ping_interval=60) as ws:
+                                              ping_interval=self.ping_interval_s, ping_timeout=self.ping_interval_s) as ws:
                     self._ws = ws
                     self.connects += 1
                     failures = 0
