@@ -217,6 +217,9 @@ class ExecutorService:
             self.heartbeat = Heartbeat()
             self.metrics = serve(s.metrics_port + 1, collector(lambda: self.stats), s.metrics_addr,
                                  probes(self.heartbeat, lambda: self.engine.halted, lambda: self.stats))
+        if s.user_stream and hasattr(self.broker, "start_user_stream"):
+            # fills and stop triggers by push; every (re)connect makes a reconciliation due (run below)
+            self.broker.start_user_stream()
         ensure_executor_topics(s)
         txn_id = kafka_io.group(s, "executor") + ".txn"
         self.producer = kafka_io.producer(s, **{"transactional.id": txn_id, "transaction.timeout.ms": 60_000})

@@ -30,6 +30,9 @@ class Settings:
     binance_rest_url: str = "https://fapi.binance.com"             # SMC_BINANCE_REST_URL
     binance_ws_url: str = "wss://fstream.binance.com/market"       # SMC_BINANCE_WS_URL (klines live under /market)
     binance_trade_url: str = "https://testnet.binancefuture.com"   # SMC_BINANCE_TRADE_URL (testnet unless live)
+    binance_user_ws_url: str = ""                # SMC_BINANCE_USER_WS_URL: the user data stream ("" = the trade URL's: testnet or live)
+    user_stream: bool = True                     # SMC_USER_STREAM=0: no user data stream (fills/triggers by polling only)
+    user_stream_keepalive_s: float = 1800.0      # SMC_USER_STREAM_KEEPALIVE_S: listenKey keepalive interval (valid 60 min)
     live_trading: bool = False                   # SMC_LIVE_TRADING=1 and --live: trade on the real exchange
     broker: str = "paper"                        # SMC_BROKER: paper | binance
     symbols_per_shard: int = 50                  # SMC_SYMBOLS_PER_SHARD (<= 200 streams per connection)

@@ -29,6 +29,7 @@
 """
 from __future__ import annotations
 
+import collections
 import hashlib
 import hmac
 import logging
@@ -51,6 +52,8 @@ for _name in ("httpx", "httpcore"):
 
 LIVE_URL = "https://fapi.binance.com"
 TESTNET_URL = "https://testnet.binancefuture.com"
+LIVE_WS_URL = "wss://fstream.binance.com"              # user data stream: /ws/<listenKey>
+TESTNET_WS_URL = "wss://fstream.binancefuture.com"     # USD-M futures testnet streams
 
 
 # --- errors -------------------------------------------------------------------------------------
@@ -265,7 +268,9 @@ class BinanceClient:
                     pass
 
     def request(self, method: str, path: str, params: dict[str, Any] | None = None, *, signed: bool = True,
-                weight: int = 1, is_order: bool = False, _retried: bool = False, _attempt: int = 0) -> Any:
+                weight: int = 1, is_order: bool = False, keyed: bool = False, _retried: bool = False,
+                _attempt: int = 0) -> Any:
+        """`keyed`: the API key header without a signature (Binance's USER_STREAM endpoints: listenKey)."""
         self._throttle(is_order, weight)
         if signed:
             qs = self.signed_query(params or {})
@@ -276,7 +281,7 @@ class BinanceClient:
         log.debug("-> %s %s", endpoint, {k: v for k, v in (params or {}).items()})
         self.requests += 1
         try:
-            resp = self._http(method, url, {"X-MBX-APIKEY": self.__key} if signed else {})
+            resp = self._http(method, url, {"X-MBX-APIKEY": self.__key} if signed or keyed else {})
         except httpx.TimeoutException as exc:
             self.disconnects += 1
             if isinstance(exc, httpx.ConnectTimeout):      # never reached the exchange: nothing executed
@@ -314,7 +319,7 @@ class BinanceClient:
             log.warning("%s: %s; retry %d/%d in %.1f s", endpoint, err.code, _attempt + 1, self.max_retries, wait)
             self.waited_s += wait
             self.sleep(wait)
-            return self.request(method, path, params, signed=signed, weight=weight, is_order=is_order, _retried=_retried,
+            return self.request(method, path, params, signed=signed, weight=weight, is_order=is_order, keyed=keyed, _retried=_retried,
                                 _attempt=_attempt + 1)
         raise err from None
 
@@ -353,6 +358,12 @@ class BinanceBroker(Broker):
         self.sends = 0                               # POSTs of new orders (tests: never a second one)
         self.reconcile_due = True                    # start-up; again after an unfinished action
         self._disconnects_seen = 0
+        # user data stream (executor.user_stream_ws): parsed updates queued by the stream's thread, turned
+        # into engine events at the symbol's next bar (on_bar_range, the engine's thread: one fill path)
+        self.pushed: collections.deque = collections.deque()
+        self.stream_live = False                     # a stream socket is connected: no per-bar algo polling
+        self.stream_connects = 0
+        self.stream = None                           # the UserDataStream, once start_user_stream() ran
 
     def __repr__(self) -> str:
         return f"BinanceBroker({self.client!r})"
@@ -369,7 +380,24 @@ class BinanceBroker(Broker):
             url = settings.binance_trade_url
             if url.rstrip("/") == LIVE_URL:
                 raise BrokerError(f"{LIVE_URL} is the live exchange: pass --live with SMC_LIVE_TRADING=1")
-        return cls(BinanceClient(url, settings.api_key, settings.api_secret, **client_kw))
+        broker = cls(BinanceClient(url, settings.api_key, settings.api_secret, **client_kw))
+        # the user data stream gets its own REST client (its own thread; the engine's counters stay its own)
+        key, secret = settings.api_key, settings.api_secret
+        broker._stream_client = lambda: BinanceClient(url, key, secret, timeout=10.0)
+        broker._stream_ws_url = settings.binance_user_ws_url or (LIVE_WS_URL if url.rstrip("/") == LIVE_URL else TESTNET_WS_URL)
+        broker._stream_keepalive_s = settings.user_stream_keepalive_s
+        return broker
+
+    def start_user_stream(self):
+        """Start the user data stream (executor.user_stream_ws) for a broker made by from_settings; returns
+        it (None when the broker was built without settings)."""
+        make = getattr(self, "_stream_client", None)
+        if make is None:
+            return None
+        from executor.user_stream_ws import UserDataStream
+        self.stream = UserDataStream(make(), self, ws_url=self._stream_ws_url, keepalive_s=self._stream_keepalive_s)
+        self.stream.start()
+        return self.stream
 
     # --- lookups ------------------------------------------------------------------------------
     def lookup_order(self, symbol: str, cid: str) -> dict | None:
@@ -504,9 +532,44 @@ class BinanceBroker(Broker):
         except (NoSuchOrder, CancelRejected):
             return []
 
+    # --- user data stream (called from the stream's thread: only flags and a thread-safe queue) --------
+    def on_push(self, upd) -> None:
+        self.pushed.append(upd)
+
+    def on_stream_connected(self) -> None:
+        """After EVERY (re)connect: events missed while the socket was down are gone, so the state is
+        compared with a fresh REST snapshot (the service runs reconcile() when needs_reconcile())."""
+        self.stream_connects += 1
+        self.stream_live = True
+        self.reconcile_due = True
+
+    def on_stream_lost(self) -> None:
+        self.stream_live = False                     # blind: back to polling until reconnected + reconciled
+
+    def _drain_pushed(self, symbol: str) -> list:
+        from executor.user_stream import broker_events
+        legs = {cid: o.leg for cid, o in self.resting.items()}
+        keep, out = [], []
+        while self.pushed:
+            upd = self.pushed.popleft()
+            if getattr(upd, "symbol", symbol) != symbol:
+                keep.append(upd)
+                continue
+            evs = broker_events(upd, legs, self.taker_fee)
+            for e in evs:
+                if isinstance(e, OrderUpdate) and e.status != "NEW":
+                    self.resting.pop(e.client_order_id, None)
+                    legs.pop(e.client_order_id, None)
+            out += evs
+        self.pushed.extend(keep)
+        return out
+
     def on_bar_range(self, bar) -> list:
-        """Poll the resting conditional orders of this symbol (one weight-1 lookup each per bar)."""
-        out = []
+        """Updates pushed by the user data stream for this symbol; while no stream is live, poll the
+        resting conditional orders of this symbol (one weight-1 lookup each per bar)."""
+        out = self._drain_pushed(bar.symbol)
+        if self.stream_live:
+            return out
         for cid, order in list(self.resting.items()):
             if order.symbol != bar.symbol:
                 continue
@@ -587,6 +650,11 @@ class BinanceBroker(Broker):
         pass   # resting orders are re-read from the engine's live orders in reconcile()
 
     def close(self) -> None:
+        stream = getattr(self, "stream", None)
+        if stream is not None:
+            stream.stop()
+            self.stream = None
+            stream.client.close()
         self.client.close()
 
 

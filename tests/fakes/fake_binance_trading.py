@@ -20,6 +20,14 @@ The snapshot GETs (positionRisk, openOrders, openAlgoOrders) take `error`, `rate
 position from another client), `place_algo()` (an orphan or a foreign conditional order).
 For 5xx: `error` with status=503/500 is "5xx without execution", `accept_then_error` (default
 status 503) "5xx with execution".
+
+User data stream: POST/PUT/DELETE /fapi/v1/listenKey (API key, no signature) and the websocket
+/ws/<listenKey>, which pushes ORDER_TRADE_UPDATE on every fill / cancel, ACCOUNT_UPDATE on every position
+change and ALGO_UPDATE on every conditional order placed, cancelled or triggered (TRIGGERED then
+FINISHED), in the layouts of tests/data/binance/futures_*_update*.json. Events while no socket is
+connected are lost, as on Binance. Faults: `drop_stream()` (close every socket, the key stays valid),
+`expire_listen_key()` (push listenKeyExpired, close, the key is gone), `refuse_keepalive(n)` (the next n
+PUTs answer -1125 "This listenKey does not exist.").
 """
 from __future__ import annotations
 
@@ -78,6 +86,15 @@ class FakeBinanceTrading:
         self._thread: threading.Thread | None = None
         self._runner = None
         self.base_url = ""
+        self.listen_keys: set[str] = set()
+        self._key_ids = itertools.count(1)
+        self.streams: list = []                              # (listenKey, ws, queue) of connected sockets
+        self.stream_connects = 0
+        self.pushed: list[dict] = []                         # every event pushed to at least one socket
+        self.lost: list[dict] = []                           # events that found no socket
+        self.keepalives = 0
+        self._refuse_keepalive = 0
+        self._stream_down_until = 0.0
 
     # --- test controls ------------------------------------------------------------------------
     def fault(self, endpoint: str, kind: str, **kw) -> None:
@@ -147,8 +164,11 @@ class FakeBinanceTrading:
                   (price >= trig if long_exit else price <= trig)
             if hit:
                 o = self._fill_market(symbol, a["side"], float(a["quantity"]), f"algo{a['algoId']}", True)
-                a.update(algoStatus="FINISHED", actualOrderId=str(o["orderId"]), actualPrice=o["avgPrice"],
+                a.update(algoStatus="TRIGGERED", actualOrderId=str(o["orderId"]), actualPrice=o["avgPrice"],
                          triggerTime=self.now_ms())
+                self._push_algo(a)
+                a.update(algoStatus="FINISHED")
+                self._push_algo(a, o["avgPrice"], o["executedQty"])
                 fired.append(a)
         self.protection_check(symbol)
         return fired
@@ -168,7 +188,141 @@ class FakeBinanceTrading:
         r.add_get("/fapi/v1/openAlgoOrders", self._open_algos)
         r.add_get("/fapi/v2/positionRisk", self._position_risk)
         r.add_get("/fapi/v2/balance", self._balance)
+        r.add_post("/fapi/v1/listenKey", self._listen_key_new)
+        r.add_put("/fapi/v1/listenKey", self._listen_key_keepalive)
+        r.add_delete("/fapi/v1/listenKey", self._listen_key_close)
+        r.add_get("/ws/{key}", self._ws)
         return app
+
+    # --- user data stream ---------------------------------------------------------------------
+    def _template(self, name: str) -> dict:
+        return orjson.loads((DATA / name).read_bytes())
+
+    def push(self, event: dict) -> None:
+        """Send one event to every connected socket (from any thread); lost when none is connected."""
+        def send():
+            if not self.streams:
+                self.lost.append(event)
+                return
+            self.pushed.append(event)
+            for _key, _ws, q in self.streams:
+                q.put_nowait(event)
+        if self._loop is None:
+            return
+        try:
+            running = asyncio.get_running_loop() is self._loop
+        except RuntimeError:
+            running = False
+        if running:
+            send()
+        else:
+            self._loop.call_soon_threadsafe(send)
+
+    def _push_order(self, o: dict, execution: str) -> None:
+        ev = self._template("futures_order_update_trade.json")
+        now = self.now_ms()
+        filled = o["status"] == "FILLED"
+        ev.update(E=now, T=now)
+        ev["o"].update(s=o["symbol"], c=o["clientOrderId"], S=o["side"], o=o["type"], ot=o["origType"], q=o["origQty"],
+                       p="0", ap=o["avgPrice"], sp="0", x=execution, X=o["status"], i=o["orderId"],
+                       l=o["executedQty"] if filled else "0", z=o["executedQty"], L=o["avgPrice"] if filled else "0",
+                       n=f"{float(o['cumQuote']) * 0.0005:.8f}" if filled else "0", T=now, m=False,
+                       R=bool(o["reduceOnly"]), ps="BOTH", rp="0")
+        self.push(ev)
+
+    def _push_account(self, symbol: str) -> None:
+        ev = self._template("futures_account_update.json")
+        now = self.now_ms()
+        ev.update(E=now, T=now)
+        ev["a"]["B"] = [dict(ev["a"]["B"][0], a="USDT", wb=f"{self.balance}", cw=f"{self.balance}", bc="0")]
+        amt = self.positions.get(symbol, 0.0)
+        ev["a"]["P"] = [dict(ev["a"]["P"][0], s=symbol, pa=f"{amt}", ep=f"{self.entry_price.get(symbol, 0.0) if amt else 0.0}",
+                             ps="BOTH", mt="cross")]
+        self.push(ev)
+
+    def _push_algo(self, a: dict, avg: str = "0.00000", qty: str = "0.00000") -> None:
+        ev = self._template("futures_algo_update_new.json")
+        now = self.now_ms()
+        ev.update(E=now, T=now)
+        ev["o"].update(caid=a["clientAlgoId"], aid=a["algoId"], o=a["type"], s=a["symbol"], S=a["side"], q=a["quantity"],
+                       X=a["algoStatus"], ai=a["actualOrderId"], ap=avg, aq=qty, tp=a["triggerPrice"], p="0",
+                       R=bool(a["reduceOnly"]), tt=a["triggerTime"], rm="")
+        self.push(ev)
+
+    def drop_stream(self, down_s: float = 0.0) -> None:
+        """Close every user-stream socket (a network drop); the listenKey stays valid. New connections are
+        refused (HTTP 503) for `down_s` seconds: what happens meanwhile is pushed to nobody (lost)."""
+        self._stream_down_until = time.monotonic() + down_s
+        self._loop.call_soon_threadsafe(lambda: [q.put_nowait(None) for _k, _w, q in self.streams])
+
+    def expire_listen_key(self) -> None:
+        """The listenKey expires: `listenKeyExpired` is pushed, the sockets close, the key is refused."""
+        def expire():
+            for key, _w, q in self.streams:
+                q.put_nowait({"e": "listenKeyExpired", "E": self.now_ms(), "listenKey": key})
+                q.put_nowait(None)
+            self.listen_keys.clear()
+        self._loop.call_soon_threadsafe(expire)
+
+    def refuse_keepalive(self, n: int = 1) -> None:
+        self._refuse_keepalive += n
+
+    def _key_ok(self, request) -> bool:
+        return request.headers.get("X-MBX-APIKEY") == self.api_key
+
+    async def _listen_key_new(self, request):
+        if not self._key_ok(request):
+            return self._err(-2015, "Invalid API-key, IP, or permissions for action.", 401)
+        # Binance: "If the account has an active listenKey, that listenKey will be returned"
+        if not self.listen_keys:
+            self.listen_keys.add(f"lk{next(self._key_ids):04d}" + "x" * 56)
+        return self._json({"listenKey": next(iter(self.listen_keys))})
+
+    async def _listen_key_keepalive(self, request):
+        if not self._key_ok(request):
+            return self._err(-2015, "Invalid API-key, IP, or permissions for action.", 401)
+        self.keepalives += 1
+        if self._refuse_keepalive > 0 or not self.listen_keys:
+            self._refuse_keepalive = max(0, self._refuse_keepalive - 1)
+            return self._err(-1125, "This listenKey does not exist.")
+        return self._json({"listenKey": next(iter(self.listen_keys))})
+
+    async def _listen_key_close(self, request):
+        if not self._key_ok(request):
+            return self._err(-2015, "Invalid API-key, IP, or permissions for action.", 401)
+        self.listen_keys.clear()
+        return self._json({})
+
+    async def _ws(self, request):
+        key = request.match_info["key"]
+        if time.monotonic() < self._stream_down_until:
+            return web.Response(status=503, text="unavailable")
+        if key not in self.listen_keys:
+            return self._err(-1125, "This listenKey does not exist.")
+        ws = web.WebSocketResponse()
+        await ws.prepare(request)
+        q: asyncio.Queue = asyncio.Queue()
+        entry = (key, ws, q)
+        self.streams.append(entry)
+        self.stream_connects += 1
+
+        async def reader():
+            async for _msg in ws:
+                pass
+            q.put_nowait(None)
+        rt = asyncio.ensure_future(reader())
+        try:
+            while True:
+                ev = await q.get()
+                if ev is None:
+                    break
+                await ws.send_str(orjson.dumps(ev).decode())
+        finally:
+            if entry in self.streams:
+                self.streams.remove(entry)
+            rt.cancel()
+            await ws.close()
+        return ws
 
     def start(self) -> str:
         ready = threading.Event()
@@ -306,6 +460,8 @@ class FakeBinanceTrading:
              "time": now, "updateTime": now}
         self.orders[oid] = o
         self.protection_check(symbol)
+        self._push_order(o, "TRADE")
+        self._push_account(symbol)
         return o
 
     async def _in_transit(self, endpoint: str) -> None:
@@ -362,6 +518,7 @@ class FakeBinanceTrading:
                 if o["status"] != "NEW":
                     return self._err(-2011, "Unknown order sent.")
                 o["status"] = "CANCELED"
+                self._push_order(o, "CANCELED")
                 return self._json(o)
         return self._err(-2011, "Unknown order sent.")
 
@@ -396,6 +553,7 @@ class FakeBinanceTrading:
              "triggerTime": 0, "goodTillDate": 0}
         self.algos[aid] = a
         self.protection_check(symbol)
+        self._push_algo(a)
         late = await self._fault("POST /fapi/v1/algoOrder", "after")
         if late:
             return late
@@ -418,6 +576,7 @@ class FakeBinanceTrading:
             if a["clientAlgoId"] == params.get("clientAlgoId") and a["algoStatus"] == "NEW":
                 a["algoStatus"] = "CANCELED"
                 self.protection_check(a["symbol"])
+                self._push_algo(a)
                 return self._json({"algoId": a["algoId"], "clientAlgoId": a["clientAlgoId"], "code": "200", "msg": "success"})
         return self._err(-2011, "Unknown order sent.")
 
