@@ -19,8 +19,8 @@ import uuid
 
 import pytest
 
-from scenarios import (OwnBroker, scenario_broker_outage, scenario_broker_outage_past_timeout, scenario_poison,
-                       scenario_two_workers_churn, scenario_worker_sigkill)
+from scenarios import (OwnBroker, scenario_broker_outage, scenario_broker_outage_past_timeout, scenario_crash_between_flushes,
+                       scenario_poison, scenario_two_workers_churn, scenario_worker_sigkill)
 from test_ingest_faults import (scenario_rest_bans, scenario_restart_after_downtime, scenario_unacknowledged_klines,
                                 scenario_vanishing_universe)
 
@@ -65,6 +65,8 @@ SCENARIOS = {
     "poison records among valid ones": lambda s, i: _processors(s, scenario_poison, i),
     "broker kill -9 for 2 min while processing": lambda s, i: _on_own_broker(s, scenario_broker_outage, 120.0),
     "broker down past the delivery timeout": lambda s, i: _on_own_broker(s, scenario_broker_outage_past_timeout),
+    "worker dies between a group's two flushes": lambda s, i: _processors(s, scenario_crash_between_flushes,
+                                                                          _RNG.uniform(0.2, 0.7)),
 }
 
 
