@@ -255,7 +255,7 @@ class ExecutorService:
         name = kafka_io.topic(self.settings, STATE_TOPIC)
         c = kafka_io.consumer(self.settings, "executor-state-reader", **{"enable.partition.eof": True})
         try:
-            low, high = c.get_watermark_offsets(TopicPartition(name, 0), timeout=30)
+            low, high = kafka_io.watermarks(c, name, 0, timeout=30)   # its leader may not be elected yet
             last = None
             start = max(low, high - 32)
             while high > low and last is None:

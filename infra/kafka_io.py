@@ -169,9 +169,23 @@ _LEADER_PENDING = (KafkaError.NOT_LEADER_FOR_PARTITION, KafkaError.LEADER_NOT_AV
                    KafkaError.UNKNOWN_TOPIC_OR_PART)
 
 
+def watermarks(consumer, name: str, partition: int, timeout: float = 30.0) -> tuple[int, int]:
+    """(low, high) of one partition; a topic created a moment ago has no elected leader yet (NOT_LEADER,
+    LEADER_NOT_AVAILABLE, UNKNOWN_TOPIC_OR_PART): that passes, so it is waited out, up to `timeout`."""
+    from confluent_kafka import TopicPartition
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            left = max(1.0, deadline - time.monotonic())
+            return consumer.get_watermark_offsets(TopicPartition(name, partition), timeout=left)
+        except KafkaException as exc:
+            if exc.args[0].code() not in _LEADER_PENDING or time.monotonic() > deadline:
+                raise
+            time.sleep(0.1)
+
+
 def end_offsets(settings: Settings, base: str, timeout: float = 10.0) -> dict[int, tuple[int, int]]:
     """{partition: (low, high)} watermarks of a topic."""
-    from confluent_kafka import TopicPartition
     name = topic(settings, base)
     c = Consumer({"bootstrap.servers": settings.kafka_bootstrap, "group.id": "smc-watermarks", "logger": _quiet()})
     deadline = time.monotonic() + timeout
@@ -180,7 +194,7 @@ def end_offsets(settings: Settings, base: str, timeout: float = 10.0) -> dict[in
             try:
                 md = c.list_topics(name, timeout=timeout)
                 parts = md.topics[name].partitions if name in md.topics else {}
-                return {p: c.get_watermark_offsets(TopicPartition(name, p), timeout=timeout) for p in parts}
+                return {p: watermarks(c, name, p, max(1.0, deadline - time.monotonic())) for p in parts}
             except KafkaException as exc:
                 # a topic created a moment ago has no elected leader yet: that passes, so wait for it
                 if exc.args[0].code() not in _LEADER_PENDING or time.monotonic() > deadline:

@@ -131,6 +131,7 @@ class AuditSink:
 
     def end_offsets(self) -> dict[tuple[str, int], int]:
         """High watermarks of every partition of the sink's topics, now."""
+        from infra.kafka_io import watermarks
         ends = {}
         md = self.consumer.list_topics(timeout=10)
         for name in self.tables:
@@ -138,7 +139,7 @@ class AuditSink:
             if t is None or t.error:
                 continue
             for p in t.partitions:
-                _low, high = self.consumer.get_watermark_offsets(TopicPartition(name, p), timeout=10)
+                _low, high = watermarks(self.consumer, name, p, timeout=10)
                 ends[(name, p)] = high
         return ends
 
