@@ -15,6 +15,7 @@ import orjson
 
 from infra import kafka_io
 from infra.services import ProcessorWorker
+from processors.lookahead import value_diff   # one definition of "how two signals differ", by field
 from infra.settings import Settings, load_settings
 
 
@@ -53,25 +54,7 @@ class DiffReport:
         return "\n".join(lines)
 
 
-def field_diff(a: dict, b: dict, feature_names: tuple[str, ...]) -> list[tuple[str, object, object]]:
-    """The differing fields of two decoded signals, in record order; features are named one by one."""
-    out = []
-    for key in dict.fromkeys(list(a) + list(b)):
-        va, vb = a.get(key), b.get(key)
-        if va == vb:
-            continue
-        if key == "features" and isinstance(va, list) and isinstance(vb, list) and len(va) == len(vb):
-            out += [(f"features.{feature_names[i] if i < len(feature_names) else i}", x, y)
-                    for i, (x, y) in enumerate(zip(va, vb)) if x != y]
-        elif key == "events" and isinstance(va, dict) and isinstance(vb, dict):
-            out += [(f"events.{k}", va.get(k), vb.get(k)) for k in dict.fromkeys(list(va) + list(vb)) if va.get(k) != vb.get(k)]
-        else:
-            out.append((key, va, vb))
-    return out
-
-
 def diff_signals(original: dict[str, bytes], replayed: dict[str, bytes], source: str, replay: str) -> DiffReport:
-    from processors.smc import FEATURE_NAMES
     rep = DiffReport(source=source, replay=replay)
     rep.missing = sorted(set(original) - set(replayed))
     rep.extra = sorted(set(replayed) - set(original))
@@ -80,8 +63,7 @@ def diff_signals(original: dict[str, bytes], replayed: dict[str, bytes], source:
         if original[sid] == replayed[sid]:
             rep.identical_records += 1
             continue
-        rep.changes.append(Change(sid, field_diff(orjson.loads(original[sid]), orjson.loads(replayed[sid]),
-                                                  tuple(FEATURE_NAMES))))
+        rep.changes.append(Change(sid, value_diff(original[sid], replayed[sid])))
     return rep
 
 

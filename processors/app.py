@@ -58,6 +58,7 @@ from processors.faust_batches import ReadyBatches
 from processors.offsets import (GAP, PROCESS, REDELIVERY, STALL_S, OffsetGapError, OffsetGate, decode_offset,
                                 encode_offset, marker_key)
 from processors.scoring import load_scorer
+from processors.smc.htf import bucket_of
 from schemas import encode_reject, interval_ms, make_reject, topic_name
 
 log = logging.getLogger("smc.processors")
@@ -280,7 +281,7 @@ def create_app(settings: Settings) -> faust.App:
             delivery.produce(signals_topic, sym.encode(), raw)
         for sym, state in result.touched.items():
             t = state.base.last_time
-            unconfirmed_buckets[sym] = (t - t % htf_period) / 1000
+            unconfirmed_buckets[sym] = bucket_of(t, htf_period) / 1000
         processor.encode(result)
         now = int(time.time() * 1000)
         for reason, key, raw in result.rejects:

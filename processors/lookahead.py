@@ -92,6 +92,8 @@ def _same(a, b) -> bool:
 
 
 def value_diff(full: bytes, prefix: bytes) -> list[tuple[str, object, object]]:
+    """(field, first, second) for each emitted value that differs between two signals, in record order;
+    when only the bytes differ (key order, number form), one ("bytes", ...) entry. Also topic replay's diff."""
     a, b = signal_values(full), signal_values(prefix)
     diff = [(k, a.get(k), b.get(k)) for k in dict.fromkeys([*a, *b]) if not _same(a.get(k), b.get(k))]
     return diff or [("bytes", full.decode(), prefix.decode())]

@@ -21,6 +21,7 @@ from .batch_kernels import events_json, run_detectors, segment_sums, trailing_me
 from .core import SNAPSHOT_FIELDS
 from .engine import timeframe_label
 from .features import FEATURE_NAMES, features_vector
+from .htf import bucket_of
 from .fvg import detect_fvg_vector
 from .swings import swing_candidate_vector
 
@@ -109,7 +110,7 @@ def aggregate_htf(a: dict, interval_ms: int, factor: int):
     period = interval_ms * factor
     if n == 0:
         return {k: np.zeros(0, dtype=a[k].dtype) for k in _COLS}, np.zeros(0, dtype=np.int64)
-    bucket = t - t % period
+    bucket = bucket_of(t, period)   # elementwise on the array: the stream's grid, one definition
     starts = np.flatnonzero(np.r_[True, bucket[1:] != bucket[:-1]])
     ends = np.r_[starts[1:] - 1, n - 1]
     ended = t[ends] + interval_ms == bucket[starts] + period

@@ -24,6 +24,11 @@ from .bars import Bar, as_bar, validate_bar
 from .config import SmcConfig
 from .engine import BarOutput, SmcEngine, timeframe_label
 
+def bucket_of(t, period: int):
+    """(int or int array) The open time of the HTF bucket (UTC grid of `period` ms) that the base bar opening at t falls in."""
+    return t - t % period
+
+
 _STATE_VERSION = 2   # 1 carried the open HTF bar inside the state; 2 keeps it in the window table
 
 
@@ -52,12 +57,12 @@ class HtfAggregator:
         """The bucket whose window is open after a base bar at last_time (None: none is open)."""
         if last_time is None or (last_time + self.interval) % self.period == 0:
             return None
-        return last_time - last_time % self.period
+        return bucket_of(last_time, self.period)
 
     def push(self, t: int, o: float, h: float, l: float, c: float, v: float) -> list:
         """Add a base bar; returns the HTF bars closed at this bar (0, 1 or 2 Bar tuples)."""
         out = []
-        bucket = t - t % self.period
+        bucket = bucket_of(t, self.period)
         cur = self.cur
         if cur is not None and bucket != cur[0]:
             out.append(Bar(*cur[:6]))
