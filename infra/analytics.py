@@ -1,11 +1,12 @@
 """Analytics views shipped with the audit trail. Every view reads with FINAL (no duplicates)."""
+from infra.performance import tier_sql
 
 VIEWS: dict[str, str] = {
     # Closed trades with their confidence tier.
     "trades": """
         SELECT position_id, signal_id, symbol, side, qty, entry_price, exit_price, exit_reason,
                opened_at, closed_at, realized_pnl, fees, funding, confidence, pattern,
-               multiIf(confidence > 0.85, '>0.85', confidence > 0.70, '0.70-0.85', confidence > 0.60, '0.60-0.70', '<=0.60') AS tier,
+               """ + tier_sql() + """ AS tier,
                (closed_at - opened_at) / 60000 AS minutes_held
         FROM {db}.positions FINAL WHERE status = 'closed'""",
     "pnl_by_symbol": """

@@ -336,7 +336,9 @@ def run_backtest_in_process(settings: Settings, plan: BacktestPlan, *, console=N
         if outputs.counts.get("klines", 0) == 0:
             raise PipelineError("the plan's period holds no klines")
         out = Path(report_dir) if report_dir else REPO_ROOT / "reports" / ns
-        result.summary = build_report(store, out, settings.equity, plan, console=console)
+        from infra.run_meta import run_meta
+        meta = run_meta(settings, plan, f"in process ({engine_form})", time.monotonic() - t0)
+        result.summary = build_report(store, out, settings.equity, plan, console=console, meta=meta)
         store.point_latest()
     result.counts = dict(outputs.counts)
     result.timings = {**timings, "total_s": time.monotonic() - t0}

@@ -22,16 +22,37 @@ class Trade:
     confidence: float
     pattern: str
     exit_reason: str
+    position_id: str = ""
+    qty: float = 0.0
+    entry_price: float = 0.0   # the fills
+    exit_price: float = 0.0
+    stop: float = 0.0
+    target: float = 0.0
+
+
+def tier_names() -> list[str]:
+    """The confidence tiers' names, highest first: the executor's sizing tiers (executor.risk.TIERS,
+    strict `>`), then the no-trade band."""
+    from executor.risk import TIERS
+    edges = [lo for lo, _ in TIERS]
+    return [f">{edges[0]:.2f}"] + [f"{lo:.2f}-{hi:.2f}" for hi, lo in zip(edges, edges[1:])] + [f"<={edges[-1]:.2f}"]
 
 
 def tier_of(confidence: float) -> str:
-    if confidence > 0.85:
-        return ">0.85"
-    if confidence > 0.70:
-        return "0.70-0.85"
-    if confidence > 0.60:
-        return "0.60-0.70"
-    return "<=0.60"
+    from executor.risk import TIERS
+    names = tier_names()
+    for i, (lo, _) in enumerate(TIERS):
+        if confidence > lo:
+            return names[i]
+    return names[-1]
+
+
+def tier_sql(column: str = "confidence") -> str:
+    """tier_of as a ClickHouse expression (the analytics views): the same edges and names."""
+    from executor.risk import TIERS
+    names = tier_names()
+    parts = ", ".join(f"{column} > {lo!r}, '{names[i]}'" for i, (lo, _) in enumerate(TIERS))
+    return f"multiIf({parts}, '{names[-1]}')"
 
 
 def profit_factor(pnls: list[float]) -> float:
@@ -57,11 +78,12 @@ def drawdown_series(equity: np.ndarray) -> np.ndarray:
     return (equity - peaks) / peaks
 
 
-def daily_returns(ts: np.ndarray, equity: np.ndarray, start_equity: float) -> np.ndarray:
-    """Close-to-close daily returns of the equity curve (UTC days; a day without a snapshot carries over)."""
+def resampled_returns(ts: np.ndarray, equity: np.ndarray, start_equity: float, period_ms: int = DAY_MS) -> np.ndarray:
+    """Close-to-close returns of the equity curve per UTC period of `period_ms` (days by default; a period
+    without a snapshot carries the last equity over), from the first snapshot's period to the last's."""
     if ts.size == 0:
         return np.zeros(0)
-    days = ts // DAY_MS
+    days = ts // period_ms
     first, last = int(days.min()), int(days.max())
     closes = np.full(last - first + 1, np.nan)
     for d, e in zip(days, equity):    # the last snapshot of a day is its close
@@ -109,22 +131,31 @@ def exposure(trades: list[Trade], start: int, end: int) -> float:
     return covered / (end - start)
 
 
-def group_pnl(trades: list[Trade], key) -> list[dict]:
+def group_pnl(trades: list[Trade], key, ci=None) -> list[dict]:
+    """Trades, net PnL, mean PnL per trade, win rate and profit factor per group, largest PnL first.
+    key(trade) -> a group name, or a list of them (a trade counts in each: the building blocks).
+    ci(values) -> {"lo", "hi"}: adds the mean's confidence interval (ci_lo, ci_hi)."""
     groups: dict[str, list[Trade]] = defaultdict(list)
     for t in trades:
-        groups[key(t)].append(t)
+        k = key(t)
+        for name in ([k] if isinstance(k, str) else k):
+            groups[name].append(t)
     rows = []
     for k, ts in groups.items():
         pnls = [t.pnl for t in ts]
-        rows.append({"group": k, "trades": len(ts), "pnl": sum(pnls), "win_rate": sum(p > 0 for p in pnls) / len(ts),
-                     "profit_factor": profit_factor(pnls)})
+        row = {"group": k, "trades": len(ts), "pnl": sum(pnls), "mean_pnl": sum(pnls) / len(ts)}
+        if ci is not None:
+            c = ci(np.asarray(pnls, dtype=np.float64))
+            row.update(ci_lo=c["lo"], ci_hi=c["hi"])
+        row.update(win_rate=sum(p > 0 for p in pnls) / len(ts), profit_factor=profit_factor(pnls))
+        rows.append(row)
     return sorted(rows, key=lambda r: (-r["pnl"], r["group"]))
 
 
 def summarize(trades: list[Trade], eq_ts: np.ndarray, eq: np.ndarray, start_equity: float,
               start: int, end: int) -> dict:
+    from infra.tearsheet import risk_adjusted
     pnls = [t.pnl for t in trades]
-    rets = daily_returns(eq_ts, eq, start_equity)
     final = float(eq[-1]) if eq.size else start_equity
     return {
         "trades": len(trades),
@@ -135,8 +166,7 @@ def summarize(trades: list[Trade], eq_ts: np.ndarray, eq: np.ndarray, start_equi
         "win_rate": (sum(p > 0 for p in pnls) / len(pnls)) if pnls else 0.0,
         "profit_factor": profit_factor(pnls),
         "max_drawdown_pct": max_drawdown(np.concatenate([[start_equity], eq])) * 100.0,
-        "sharpe": sharpe(rets),
-        "sortino": sortino(rets),
+        **risk_adjusted(eq_ts, eq, start_equity, start, end),   # sharpe, sortino, their sampling and n
         "exposure_pct": exposure(trades, start, end) * 100.0,
         "fees": float(sum(t.fees for t in trades)),
         "funding": float(sum(t.funding for t in trades)),
@@ -176,8 +206,9 @@ def random_entry_evidence(positions: list[ClosedPosition], bars: dict, interval_
         return simulate_trades(sym, idx, side, entry, stop, target, b.open_time, b.open, b.high, b.low, b.close,
                                interval_ms, tick_of(sym, float(b.close[-1])) or 1e-8, cfg, funding)
 
+    from infra.tearsheet import r_multiple
     dist = np.array([abs(p.entry_price - p.stop) for p in pos])
-    r = np.array([p.realized_pnl / (p.qty * d) for p, d in zip(pos, dist)])
+    r = np.array([r_multiple(p.realized_pnl, p.qty, p.entry_price, p.stop) for p in pos])
     side = np.array([1 if p.side == "long" else -1 for p in pos])
     ratio = np.array([abs(p.target - p.entry_price) / d if p.target > 0 else 2.0 for p, d in zip(pos, dist)])
     frac = dist / np.array([p.entry_price for p in pos])

@@ -141,6 +141,7 @@ def run_backtest(settings: Settings, plan: BacktestPlan, *, explicit_broker: boo
     from ingest.replay import replay
 
     console = console or Console()
+    started = time.monotonic()
     base_settings = settings
     stamp = datetime.now(timezone.utc).strftime("%Y%m%d-%H%M%S")
     ns = settings.namespace or f"bt-{stamp}"
@@ -210,7 +211,9 @@ def run_backtest(settings: Settings, plan: BacktestPlan, *, explicit_broker: boo
             if stats.produced and not stored.get("klines"):
                 raise PipelineError(f"the run produced {stats.produced} klines and the audit trail holds none")
             out = Path(report_dir) if report_dir else REPO_ROOT / "reports" / ns
-            result.summary = build_report(store, out, settings.equity, plan, console=console)
+            from infra.run_meta import run_meta
+            meta = run_meta(settings, plan, "kafka + faust (smc run)", time.monotonic() - started)
+            result.summary = build_report(store, out, settings.equity, plan, console=console, meta=meta)
             store.point_latest()
         result.report_dir = str(out)
         result.timings = t

@@ -8,7 +8,6 @@ from __future__ import annotations
 import base64
 import html
 import io
-import math
 from datetime import datetime, timezone
 from pathlib import Path
 
@@ -18,30 +17,24 @@ from rich.console import Console
 from rich.table import Table
 
 from infra.clickhouse import AuditStore
-from infra.performance import ClosedPosition, Trade, drawdown_series, group_pnl, random_entry_evidence, summarize, tier_of
+from infra.performance import (ClosedPosition, Trade, drawdown_series, group_pnl, random_entry_evidence, summarize,
+                               tier_names, tier_of)
 
 
 def load_trades(store: AuditStore) -> list[Trade]:
     _, rows = store.query(
-        f"SELECT symbol, side, opened_at, closed_at, realized_pnl, fees, funding, confidence, pattern, exit_reason "
+        f"SELECT symbol, side, opened_at, closed_at, realized_pnl, fees, funding, confidence, pattern, exit_reason, "
+        f"position_id, qty, entry_price, exit_price, stop, target "
         f"FROM {store.database}.positions FINAL WHERE status = 'closed' ORDER BY closed_at, position_id")
     return [Trade(*r) for r in rows]
 
 
-def load_baselines(store: AuditStore, seeds: int = 20) -> dict | None:
-    """Random entries with the same exits (and always-flat, buy-and-hold) for the run's closed trades,
-    on the run's own klines, with the executor's costs and exit rules from the environment (SMC_EXEC_*)."""
-    from executor.config import config_from_env
+def load_bars(store: AuditStore) -> tuple[str, dict]:
+    """The run's klines of its base interval (the most frequent one): (interval, symbol -> SymbolBars)."""
     from models.baselines import SymbolBars
-    _, rows = store.query(
-        f"SELECT symbol, side, qty, entry_price, stop, target, realized_pnl FROM {store.database}.positions FINAL "
-        "WHERE status = 'closed' ORDER BY opened_at, position_id")
-    if not rows:
-        return None
     _, ivs = store.query(f"SELECT `interval`, count() AS n FROM {store.database}.klines FINAL GROUP BY `interval` ORDER BY n DESC")
     if not ivs:
-        return None
-    from models.dataset import interval_ms_of
+        return "", {}
     interval = ivs[0][0]
     _, kl = store.query(f"SELECT symbol, open_time, open, high, low, close FROM {store.database}.klines FINAL "
                         f"WHERE `interval` = '{interval}' ORDER BY symbol, open_time")
@@ -52,7 +45,19 @@ def load_baselines(store: AuditStore, seeds: int = 20) -> dict | None:
     for sym, rs in by.items():
         a = np.asarray(rs, dtype=np.float64)
         bars[sym] = SymbolBars(a[:, 0].astype(np.int64), a[:, 1], a[:, 2], a[:, 3], a[:, 4])
-    cfg = config_from_env(1.0)
+    return interval, bars
+
+
+def load_baselines(store: AuditStore, interval: str, bars: dict, cfg, seeds: int = 20) -> dict | None:
+    """Random entries with the same exits (and always-flat, buy-and-hold) for the run's closed trades,
+    on the run's own klines (load_bars), with the executor's costs and exit rules (cfg: the ExecutorConfig
+    from the environment, SMC_EXEC_*)."""
+    from models.dataset import interval_ms_of
+    _, rows = store.query(
+        f"SELECT symbol, side, qty, entry_price, stop, target, realized_pnl FROM {store.database}.positions FINAL "
+        "WHERE status = 'closed' ORDER BY opened_at, position_id")
+    if not rows or not bars:
+        return None
     ev = random_entry_evidence([ClosedPosition(*r) for r in rows], bars, interval_ms_of(interval), cfg.paper,
                                cfg.exits, seeds)
     if ev is not None:
@@ -113,16 +118,18 @@ def _plots(trades: list[Trade], ts: np.ndarray, eq: np.ndarray, start_equity: fl
     return images
 
 
-def _fmt(v) -> str:
-    if isinstance(v, float):
-        if math.isinf(v):
-            return "inf"
-        return f"{v:,.4f}" if abs(v) < 100 else f"{v:,.2f}"
-    return str(v)
+def _fmt(v, key: str = "") -> str:
+    from infra.tearsheet_html import cell
+    return cell(key, v)
 
 
 def build_report(store: AuditStore, out_dir: str | Path, start_equity: float, plan=None,
-                 console: Console | None = None) -> dict:
+                 console: Console | None = None, meta: dict | None = None) -> dict:
+    """meta: the run's metadata (infra.run_meta.run_meta), shown on top and kept in summary.json "run"."""
+    from executor.config import config_from_env
+    from infra import tearsheet
+    from models.baselines import bootstrap_mean_ci, buy_and_hold
+    from models.dataset import interval_ms_of
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     trades = load_trades(store)
@@ -130,6 +137,7 @@ def build_report(store: AuditStore, out_dir: str | Path, start_equity: float, pl
     start = plan.start if plan else (int(ts.min()) if ts.size else 0)
     end = plan.end if plan else (int(ts.max()) if ts.size else 0)
     summary = summarize(trades, ts, eq, start_equity, start, end)
+    summary.update(tearsheet.figures(trades, ts, eq, start_equity, start, end))
     db = store.database
     summary["signals"] = store.count("signals")
     summary["setups"] = store.count("signals", "side != 'flat'")
@@ -141,48 +149,81 @@ def build_report(store: AuditStore, out_dir: str | Path, start_equity: float, pl
         summary["symbols"] = len(plan.symbols)
         summary["period"] = [datetime.fromtimestamp(plan.start / 1000, timezone.utc).isoformat(),
                              datetime.fromtimestamp(plan.end / 1000, timezone.utc).isoformat()]
+    interval, bars = load_bars(store)
+    cfg = config_from_env(1.0)   # the executor's costs and exit rules, as the run had them (SMC_EXEC_*)
+    held = [s for s in (plan.symbols if plan else sorted(bars)) if s in bars]
+    summary["benchmark_return_pct"] = (buy_and_hold(bars, held, cfg.paper.taker_fee, cfg.paper.slippage_bps)["return_pct"]
+                                       if held else float("nan"))
+    summary["monthly_returns"] = tearsheet.monthly_returns(ts, eq, start_equity)
+    summary["rolling_sharpe"] = tearsheet.rolling_sharpe_series(ts, eq, start_equity, start, end)
+
+    def ci(x):
+        return bootstrap_mean_ci(x, n_boot=1000, seed=0)
+    order = {name: i for i, name in enumerate(tier_names())}
     groups = {"symbol": group_pnl(trades, lambda t: t.symbol),
               "pattern": group_pnl(trades, lambda t: t.pattern or "(none)"),
-              "tier": group_pnl(trades, lambda t: tier_of(t.confidence)),
+              "tier": sorted(group_pnl(trades, lambda t: tier_of(t.confidence), ci), key=lambda r: order[r["group"]]),
+              "side": group_pnl(trades, lambda t: t.side, ci),
+              "block": group_pnl(trades, lambda t: tearsheet.blocks_of(t.pattern) or ["(none)"], ci),
               "exit_reason": group_pnl(trades, lambda t: t.exit_reason)}
-    summary["baselines"] = load_baselines(store)
+    summary["baselines"] = load_baselines(store, interval, bars, cfg)
     # --- sizing per tier (issue 15): risk intended vs taken, how often the cap bound ---
     from infra.sizing_report import load_entry_sizing, sizing_by_tier
     summary["sizing_by_tier"] = sizing_by_tier(load_entry_sizing(store))
+    trade_rows = tearsheet.trade_rows(trades, bars, interval_ms_of(interval) if interval else 60_000)
+    run = dict(meta or {})
+    _, mv = store.query(f"SELECT DISTINCT model_version FROM {db}.signals FINAL ORDER BY model_version")
+    _, sv = store.query(f"SELECT DISTINCT strategy_version FROM {db}.signals FINAL ORDER BY strategy_version")
+    run.update(model_versions=[r[0] for r in mv], strategy_versions=[r[0] for r in sv])
     images = _plots(trades, ts, eq, start_equity, out)
-    (out / "summary.json").write_bytes(orjson.dumps({"summary": summary, "groups": groups},
+    images.update(_rolling_sharpe_png(summary["rolling_sharpe"], out))
+    (out / "summary.json").write_bytes(orjson.dumps({"summary": summary, "groups": groups, "trades": trade_rows,
+                                                     "run": run},
                                                     option=orjson.OPT_INDENT_2 | orjson.OPT_SORT_KEYS))
-    (out / "index.html").write_text(_html(summary, groups, trades, images))
+    (out / "index.html").write_text(_html(summary, groups, trade_rows, images, run))
     _print(console or Console(), summary, groups, out)
     return summary
 
 
+def _rolling_sharpe_png(series: dict, out: Path) -> dict[str, str]:
+    """The trailing Sharpe as a PNG (nothing with fewer than two full windows)."""
+    if len(series["points"]) < 2:
+        return {}
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    t, v = zip(*series["points"])
+    fig, ax = plt.subplots(figsize=(10, 2.8))
+    ax.plot([datetime.fromtimestamp(x / 1000, timezone.utc) for x in t], v, color="#8250df", lw=1.1)
+    ax.axhline(0, color="grey", lw=.6, ls="--")
+    ax.set_title(f"Rolling Sharpe ({series['window']} x {series['sampling']} returns, annualised)")
+    fig.autofmt_xdate()
+    b64 = _png(fig)
+    plt.close(fig)
+    (out / "rolling_sharpe.png").write_bytes(base64.b64decode(b64))
+    return {"rolling_sharpe": b64}
+
+
 def _table_html(rows: list[dict]) -> str:
-    if not rows:
-        return "<p><i>none</i></p>"
-    head = "".join(f"<th>{html.escape(k)}</th>" for k in rows[0])
-    body = "".join("<tr>" + "".join(f"<td>{html.escape(_fmt(v))}</td>" for v in r.values()) + "</tr>" for r in rows)
-    return f"<table><tr>{head}</tr>{body}</table>"
+    from infra.tearsheet_html import table
+    return table(rows)
 
 
-def _html(summary: dict, groups: dict, trades: list[Trade], images: dict[str, str]) -> str:
-    kv = "".join(f"<tr><th>{html.escape(k)}</th><td>{html.escape(_fmt(v))}</td></tr>"
-                 for k, v in summary.items() if not isinstance(v, (dict, list)))
+def _html(summary: dict, groups: dict, trade_rows: list[dict], images: dict[str, str], run: dict) -> str:
+    from infra import tearsheet_html as th
     dec = _table_html([{"decision": k, "count": v} for k, v in summary.get("decisions", {}).items()])
     imgs = "".join(f'<h2>{html.escape(n.replace("_", " "))}</h2><img src="data:image/png;base64,{b}">' for n, b in images.items())
-    tlist = [{"symbol": t.symbol, "side": t.side,
-              "opened": datetime.fromtimestamp(t.opened_at / 1000, timezone.utc).strftime("%Y-%m-%d %H:%M"),
-              "minutes": (t.closed_at - t.opened_at) // 60000, "pnl": t.pnl, "fees": t.fees, "funding": t.funding,
-              "confidence": t.confidence, "pattern": t.pattern, "exit": t.exit_reason} for t in trades]
-    grp = "".join(f"<h2>PnL by {html.escape(k)}</h2>{_table_html(v)}" for k, v in groups.items())
+    grp = th.group_tables(groups) + "".join(f"<h2>PnL by {html.escape(k)}</h2>{_table_html(v)}" for k, v in groups.items()
+                                            if k not in ("side", "block", "tier"))
     base = baseline_text(summary.get("baselines"))
     grp = (f"<h2>Baselines: random entries with the same exits</h2><p>{html.escape(base)}</p>" if base else "") + grp
     return f"""<!doctype html><html><head><meta charset="utf-8"><title>SMC-Quant run report</title>
-<style>body{{font-family:system-ui,sans-serif;margin:2em;max-width:1100px}}table{{border-collapse:collapse;margin:1em 0}}
-td,th{{border:1px solid #ccc;padding:3px 8px;text-align:right}}th{{background:#f3f3f3}}img{{max-width:100%}}</style></head>
-<body><h1>SMC-Quant run report</h1><p><b>{html.escape(verdict(summary))}</b></p><table>{kv}</table><h2>Decisions</h2>{dec}
+<style>body{{font-family:system-ui,sans-serif;margin:2em;max-width:1400px}}table{{border-collapse:collapse;margin:1em 0}}
+td,th{{border:1px solid #ccc;padding:3px 8px;text-align:right}}th{{background:#f3f3f3}}img{{max-width:100%}}{th.STYLE}</style></head>
+<body><h1>SMC-Quant run report</h1><p><b>{html.escape(verdict(summary))}</b></p>{th.metadata(run, summary)}
+<h2>Tearsheet</h2>{th.headline(summary)}{th.monthly(summary.get("monthly_returns", []))}<h2>Decisions</h2>{dec}
 <h2>Sizing by risk tier (intended vs taken, % of equity; how often the position cap bound)</h2>{_table_html(summary.get("sizing_by_tier", []))}{imgs}{grp}
-<h2>Trades ({len(trades)})</h2>{_table_html(tlist)}</body></html>"""
+{th.trade_list(trade_rows)}</body></html>"""
 
 
 def baseline_text(b: dict | None) -> str:
@@ -210,9 +251,11 @@ def verdict(summary: dict) -> str:
 def _print(console: Console, summary: dict, groups: dict, out: Path) -> None:
     t = Table(title="Run summary", show_header=False)
     for k in ("symbols", "klines", "signals", "setups", "trades", "net_pnl", "return_pct", "win_rate", "profit_factor",
-              "max_drawdown_pct", "sharpe", "sortino", "exposure_pct", "fees", "funding", "rejects"):
+              "max_drawdown_pct", "cagr_pct", "benchmark_return_pct", "sharpe", "sortino", "sqn", "expectancy",
+              "exposure_pct", "fees", "funding", "rejects"):
         if k in summary:
-            t.add_row(k, _fmt(summary[k]))
+            label = f"sharpe ({summary.get('sharpe_n', 0)} x {summary.get('sharpe_sampling', '1d')})" if k == "sharpe" else k
+            t.add_row(label, _fmt(summary[k], k))
     console.print(t)
     if summary.get("decisions"):
         d = Table(title="Decisions")
