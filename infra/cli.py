@@ -95,6 +95,20 @@ def cmd_backtest(args) -> int:
     return 0
 
 
+def cmd_compare(args) -> int:
+    """`smc compare RUN RUN ...`: the runs' reports side by side on one page."""
+    from infra.compare import CompareError, compare_runs
+    out = Path(args.out) if args.out else \
+        REPO_ROOT / "reports" / ("compare-" + datetime.now(timezone.utc).strftime("%Y%m%d-%H%M%S"))
+    try:
+        page = compare_runs(args.runs, out)
+    except CompareError as exc:
+        print(f"smc compare: error: {exc}", file=sys.stderr)
+        return 2
+    Console().print(f"{len(args.runs)} runs compared: [link=file://{page}]{page}[/]")
+    return 0
+
+
 def cmd_sweep(args) -> int:
     from pathlib import Path
     from infra.pipeline import PipelineError, plan_backtest
@@ -466,6 +480,13 @@ def main(argv: list[str] | None = None) -> int:
                     help="SMC columns from the numba batch engine (default; clean input) or the stream processors")
     bt.add_argument("--no-audit", action="store_true", help="count the records only: no ClickHouse, no report")
     bt.set_defaults(fn=cmd_backtest)
+
+    cp = sub.add_parser("compare", help="several runs' reports side by side on one page: metadata, figures, "
+                        "equity curves, per-block and per-tier tables")
+    cp.add_argument("runs", nargs="+", metavar="RUN",
+                    help="a report directory (with summary.json) or a run name under reports/ (at least two)")
+    cp.add_argument("--out", help="directory of the page (default reports/compare-<time>)")
+    cp.set_defaults(fn=cmd_compare)
 
     sw = sub.add_parser("sweep", help="research: a grid over the executor's knobs, walk-forward, deflated Sharpe, PBO")
     for name, kw in (("--files", dict(nargs="*")), ("--symbols", {}), ("--top", dict(type=int, default=6)),

@@ -177,8 +177,9 @@ def build_report(store: AuditStore, out_dir: str | Path, start_equity: float, pl
     run.update(model_versions=[r[0] for r in mv], strategy_versions=[r[0] for r in sv])
     images = _plots(trades, ts, eq, start_equity, out)
     images.update(_rolling_sharpe_png(summary["rolling_sharpe"], out))
+    curve = [[start, start_equity]] + tearsheet.downsample_curve(ts, eq)   # for `smc compare`
     (out / "summary.json").write_bytes(orjson.dumps({"summary": summary, "groups": groups, "trades": trade_rows,
-                                                     "run": run},
+                                                     "run": run, "equity": curve},
                                                     option=orjson.OPT_INDENT_2 | orjson.OPT_SORT_KEYS))
     (out / "index.html").write_text(_html(summary, groups, trade_rows, images, run))
     _print(console or Console(), summary, groups, out)

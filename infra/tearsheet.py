@@ -236,3 +236,16 @@ def trade_rows(trades, bars: dict, interval_ms: int) -> list[dict]:
                      "fees": t.fees, "funding": t.funding, "confidence": t.confidence, "tier": tier_of(t.confidence),
                      "blocks": "+".join(blocks_of(t.pattern)), "pattern": t.pattern, "exit_reason": t.exit_reason})
     return rows
+
+
+def downsample_curve(ts: np.ndarray, equity: np.ndarray, max_points: int = 2000) -> list[list]:
+    """At most ~max_points [ts, equity] of a curve for drawing (`smc compare`): the first snapshot and the
+    last one of each of max_points equal time buckets (so every kept value is a real snapshot)."""
+    t, e = np.asarray(ts, dtype=np.int64), np.asarray(equity, dtype=np.float64)
+    if t.size <= max_points:
+        return [[int(a), float(b)] for a, b in zip(t.tolist(), e.tolist())]
+    span = max(int(t[-1] - t[0]), 1)
+    bucket = np.minimum((t - t[0]) * max_points // span, max_points - 1)
+    last = np.flatnonzero(np.append(bucket[1:] != bucket[:-1], True))
+    keep = np.unique(np.concatenate([[0], last]))
+    return [[int(t[i]), float(e[i])] for i in keep.tolist()]

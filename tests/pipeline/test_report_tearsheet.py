@@ -178,3 +178,45 @@ def test_trade_list_filters_and_sorts_in_chromium(report):
     assert re.search(r'id="trade-count">(\d+)<', dom).group(1) == str(len(shorts))
     shown = re.findall(r'<tr id="trade-([^"]+)"(?![^>]*display: none)', dom)
     assert shown == [t["position_id"] for t in shorts]
+
+
+def test_compare_puts_runs_side_by_side(report, tmp_path, capsys):
+    from infra import cli
+    from infra.compare import FIGURES, figure_rows, load_run
+    from infra.tearsheet_html import cell
+    _, res, _, doc = report
+    # the same real report twice: by its directory and by a run name under a reports root
+    root = tmp_path / "reports"
+    shutil.copytree(res.report_dir, root / "copy")
+    a = load_run(res.report_dir)
+    b = load_run("copy", reports=root)
+    rows = figure_rows([a, b])
+    assert [r["figure"] for r in rows] == [label for label, _ in FIGURES]
+    s = doc["summary"]
+    for (label, key), row in zip(FIGURES, rows):
+        first, second = list(row.values())[1:]
+        assert first == second and first.startswith(cell(key, s[key])), label
+    assert cli.main(["compare", res.report_dir, str(root / "copy"), "--out", str(tmp_path / "cmp")]) == 0
+    page = (tmp_path / "cmp" / "index.html").read_text()
+    assert page.count(cell("net_pnl", s["net_pnl"])) >= 2 and "data:image/png;base64," in page
+    assert not re.search(r"""(src|href)\s*=\s*["']?(https?:)?//""", page)
+
+
+@pytest.mark.parametrize("argv,says", [(["nowhere-1", "nowhere-2"], "run 'nowhere-1': no summary.json"),
+                                       (["only-one"], "at least two runs")])
+def test_compare_mistakes_are_one_line_exit_2(argv, says, tmp_path, capsys):
+    from infra import cli
+    assert cli.main(["compare", *argv, "--out", str(tmp_path / "cmp")]) == 2
+    err = capsys.readouterr().err
+    assert says in err and len(err.strip().splitlines()) == 1 and "Traceback" not in err
+
+
+def test_compare_rejects_a_file_that_is_not_a_report(tmp_path, capsys):
+    from infra import cli
+    for name, text in (("bad", "{not json"), ("other", '{"sets": {}}')):
+        (tmp_path / name).mkdir()
+        (tmp_path / name / "summary.json").write_text(text)
+    for name, says in (("bad", "is not valid JSON"), ("other", "is not a run report")):
+        assert cli.main(["compare", str(tmp_path / name), str(tmp_path / name), "--out", str(tmp_path / "c")]) == 2
+        err = capsys.readouterr().err
+        assert says in err and len(err.strip().splitlines()) == 1

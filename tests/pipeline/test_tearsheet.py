@@ -160,3 +160,11 @@ def test_tier_is_one_rule_in_python_and_sql(chdb_dsn):
                                             "<=0.60", "<=0.60"]
     _, rows = AuditStore(chdb_dsn).query(f"SELECT {tier_sql('c')} FROM (SELECT arrayJoin({values}) AS c)")
     assert [r[0] for r in rows] == [tier_of(v) for v in values]
+
+
+def test_downsample_curve_keeps_real_snapshots():
+    t, e = np.arange(10) * 10, np.arange(10) * 1.0
+    assert ts.downsample_curve(t, e, 20) == [[int(a), float(b)] for a, b in zip(t, e)]   # small: untouched
+    # 10 points over [0, 90] into 3 buckets: t * 3 // 90 -> 0 0 0 1 1 1 2 2 2 3, the last clipped to 2:
+    # the first point, then each bucket's last: t = 20, 50, 90
+    assert ts.downsample_curve(t, e, 3) == [[0, 0.0], [20, 2.0], [50, 5.0], [90, 9.0]]
