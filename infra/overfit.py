@@ -23,10 +23,10 @@ EULER_GAMMA = 0.5772156649015329
 
 
 def sharpe(returns: np.ndarray) -> float:
-    """Per-period Sharpe ratio (mean / sample std); 0 for a constant series."""
-    r = np.asarray(returns, dtype=np.float64)
-    sd = r.std(ddof=1) if r.size > 1 else 0.0
-    return float(r.mean() / sd) if sd > 0 else 0.0
+    """Per-period Sharpe ratio (mean / sample std, not annualised); 0 for a constant series (the report's
+    infra.performance.sharpe with one period a year)."""
+    from infra.performance import sharpe as annualised
+    return annualised(np.asarray(returns, dtype=np.float64), 1.0)
 
 
 def probabilistic_sharpe(returns: np.ndarray, sr_benchmark: float = 0.0) -> float:

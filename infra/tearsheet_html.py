@@ -108,7 +108,8 @@ def headline(s: dict) -> str:
              if s.get("drawdown_recovered_at") else "not recovered" if s.get("drawdown_peak_at") else "–"),
             row("drawdown duration (peak to recovery or end)", "drawdown_duration_days"),
             row("longest time under water", "longest_underwater_days"),
-            row(sharpe_label, "sharpe"), row("Sortino (same returns)", "sortino"), row("Calmar (CAGR / max DD)", "calmar")]
+            row(sharpe_label, "sharpe") if n >= 2 else (sharpe_label, "n/a"),
+            row("Sortino (same returns)", "sortino") if n >= 2 else ("Sortino (same returns)", "n/a"), row("Calmar (CAGR / max DD)", "calmar")]
     trades = [row("trades", "trades"), row("win rate (net PnL > 0)", "win_rate"), row("profit factor", "profit_factor"),
               row("expectancy per trade (USDT)", "expectancy"), row("expectancy per trade (R)", "expectancy_r"),
               row("average win (USDT)", "avg_win"), row("average loss (USDT)", "avg_loss"),
