@@ -249,3 +249,24 @@ def downsample_curve(ts: np.ndarray, equity: np.ndarray, max_points: int = 2000)
     last = np.flatnonzero(np.append(bucket[1:] != bucket[:-1], True))
     keep = np.unique(np.concatenate([[0], last]))
     return [[int(t[i]), float(e[i])] for i in keep.tolist()]
+
+
+_MONTHS = ("Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct", "Nov", "Dec")
+
+
+def monthly_grid(monthly: list[dict]) -> list[dict]:
+    """monthly_returns as a year x month table (returns in %, None for a month without a snapshot) with
+    each year's compounded return."""
+    years: dict[str, dict] = {}
+    for r in monthly:
+        y, m = r["month"].split("-")
+        years.setdefault(y, {})[_MONTHS[int(m) - 1]] = r["return_pct"]
+    out = []
+    for y in sorted(years):
+        row = {"year": y, **{m: years[y].get(m) for m in _MONTHS}}
+        growth = 1.0
+        for v in years[y].values():
+            growth *= 1.0 + v / 100.0
+        row["year_pct"] = (growth - 1.0) * 100.0
+        out.append(row)
+    return out

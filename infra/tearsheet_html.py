@@ -124,7 +124,12 @@ def headline(s: dict) -> str:
 
 
 def monthly(rows: list[dict]) -> str:
-    return "<h2>Monthly returns (UTC months, equity at the month's last snapshot)</h2>" + table(rows)
+    """Monthly returns (infra.tearsheet.monthly_returns) as a year x month grid, in %."""
+    from infra.tearsheet import monthly_grid
+    grid = [{k: v if k == "year" else "" if v is None else cell("return_pct", v) for k, v in r.items()}
+            for r in monthly_grid(rows)]
+    return ("<h2>Monthly returns (UTC months: each month's last equity snapshot over the previous one's; "
+            "year_pct compounded)</h2>" + table(grid))
 
 
 def group_tables(groups: dict) -> str:

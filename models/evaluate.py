@@ -37,7 +37,16 @@ def auc_se(a: float, y: np.ndarray) -> float:
     return float(np.sqrt((a * (1 - a) + (n1 - 1) * (q1 - a * a) + (n0 - 1) * (q2 - a * a)) / (n1 * n0)))
 
 
-TIERS = (("> 0.85", 0.85, np.inf), ("0.70-0.85", 0.70, 0.85), ("0.60-0.70", 0.60, 0.70), ("<= 0.60", -np.inf, 0.60))
+def _tiers() -> tuple[tuple[str, float, float], ...]:
+    """(name, lower edge exclusive, upper edge inclusive) of the executor's sizing tiers (executor.risk.TIERS,
+    the one definition), then the no-trade band."""
+    from executor.risk import TIERS as SIZING
+    e = [lo for lo, _ in SIZING]
+    return ((f"> {e[0]:.2f}", e[0], np.inf), *((f"{lo:.2f}-{hi:.2f}", lo, hi) for hi, lo in zip(e, e[1:])),
+            (f"<= {e[-1]:.2f}", -np.inf, e[-1]))
+
+
+TIERS = _tiers()
 
 
 def tier_table(p: np.ndarray, y: np.ndarray, r: np.ndarray, n_boot: int = 1000) -> list[dict]:

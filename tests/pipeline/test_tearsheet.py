@@ -168,3 +168,12 @@ def test_downsample_curve_keeps_real_snapshots():
     # 10 points over [0, 90] into 3 buckets: t * 3 // 90 -> 0 0 0 1 1 1 2 2 2 3, the last clipped to 2:
     # the first point, then each bucket's last: t = 20, 50, 90
     assert ts.downsample_curve(t, e, 3) == [[0, 0.0], [20, 2.0], [50, 5.0], [90, 9.0]]
+
+
+def test_monthly_grid_compounds_each_year():
+    rows = ts.monthly_grid([{"month": "2025-01", "return_pct": 10.0}, {"month": "2025-02", "return_pct": -10.0},
+                            {"month": "2026-03", "return_pct": 5.0}])
+    # 2025: 1.10 x 0.90 - 1 = -1 %; 2026: March only, +5 %
+    assert [r["year"] for r in rows] == ["2025", "2026"]
+    assert rows[0]["Jan"] == 10.0 and rows[0]["Feb"] == -10.0 and rows[0]["Mar"] is None
+    assert rows[0]["year_pct"] == pytest.approx(-1.0) and rows[1]["year_pct"] == pytest.approx(5.0)
