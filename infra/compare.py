@@ -62,6 +62,13 @@ def figure_rows(docs: list[dict]) -> list[dict]:
                 v += f" ({s['sharpe_n']} x {s['sharpe_sampling']})"
             row[f"{i + 1}. {d['label']}"] = v
         rows.append(row)
+    for label, part in (("mean R per trade [95 % CI]", "strategy"), ("random entries, same exits: mean R [CI]", "random"),
+                        ("strategy - random: mean R [CI]", "strategy_minus_random")):
+        row = {"figure": label}
+        for i, d in enumerate(docs):
+            b = (d["summary"].get("baselines") or {}).get(part)
+            row[f"{i + 1}. {d['label']}"] = f"{b['mean']:+.2f} [{b['lo']:+.2f}, {b['hi']:+.2f}]" if b else "n/a"
+        rows.append(row)
     return rows
 
 

@@ -191,11 +191,14 @@ def test_compare_puts_runs_side_by_side(report, tmp_path, capsys):
     a = load_run(res.report_dir)
     b = load_run("copy", reports=root)
     rows = figure_rows([a, b])
-    assert [r["figure"] for r in rows] == [label for label, _ in FIGURES]
+    assert [r["figure"] for r in rows[:len(FIGURES)]] == [label for label, _ in FIGURES]
     s = doc["summary"]
     for (label, key), row in zip(FIGURES, rows):
         first, second = list(row.values())[1:]
         assert first == second and first.startswith(cell(key, s[key])), label
+    # the random-entry baselines next to the strategy
+    st = s["baselines"]["strategy"]
+    assert list(rows[len(FIGURES)].values())[1] == f"{st['mean']:+.2f} [{st['lo']:+.2f}, {st['hi']:+.2f}]"
     assert cli.main(["compare", res.report_dir, str(root / "copy"), "--out", str(tmp_path / "cmp")]) == 0
     page = (tmp_path / "cmp" / "index.html").read_text()
     assert page.count(cell("net_pnl", s["net_pnl"])) >= 2 and "data:image/png;base64," in page
@@ -220,3 +223,18 @@ def test_compare_rejects_a_file_that_is_not_a_report(tmp_path, capsys):
         assert cli.main(["compare", str(tmp_path / name), str(tmp_path / name), "--out", str(tmp_path / "c")]) == 2
         err = capsys.readouterr().err
         assert says in err and len(err.strip().splitlines()) == 1
+
+
+def test_headline_numbers_have_one_format_per_kind(report):
+    _, res, _, doc = report
+    page = (Path(res.report_dir) / "index.html").read_text()
+    head = page[page.index("<h2>Tearsheet</h2>"):page.index("<h2>Monthly returns")]
+    values = re.findall(r"<td>([^<]*)</td>", head)
+    assert len(values) >= 30
+    # USDT and ratios with 2 decimals, percentages / R / days with 2 decimals and their unit, counts as integers,
+    # times as UTC minutes; nothing like the old 0.3870 next to -9.3712
+    shape = re.compile(r"-?[\d,]+\.\d\d( %| R| d)?|[+-]\d+\.\d\d R|[\d,]+( min)?|\d{4}-\d\d-\d\d \d\d:\d\d|n/a|not recovered|∞|–")
+    bad = [v for v in values if not shape.fullmatch(v)]
+    assert not bad, bad
+    s = doc["summary"]
+    assert f"<td>{s['win_rate'] * 100:.2f} %</td>" in head and f"<td>{s['return_pct']:.2f} %</td>" in head
