@@ -79,7 +79,8 @@ def _png(fig) -> str:
     return base64.b64encode(buf.getvalue()).decode()
 
 
-def _plots(trades: list[Trade], ts: np.ndarray, eq: np.ndarray, start_equity: float, out: Path) -> dict[str, str]:
+def _plots(trades: list[Trade], ts: np.ndarray, eq: np.ndarray, start_equity: float, out: Path,
+           benchmark: tuple[np.ndarray, np.ndarray] | None = None) -> dict[str, str]:
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
@@ -89,6 +90,11 @@ def _plots(trades: list[Trade], ts: np.ndarray, eq: np.ndarray, start_equity: fl
     if len(times):
         a1.plot(times, eq, color="#1f6feb", lw=1.2)
         a2.fill_between(times, drawdown_series(np.concatenate([[start_equity], eq]))[1:] * 100, 0, color="#d1242f", alpha=.5)
+    if benchmark is not None and benchmark[0].size:   # buy-and-hold of the run's symbols (tearsheet.buy_and_hold_curve)
+        a1.plot([datetime.fromtimestamp(t / 1000, timezone.utc) for t in benchmark[0]], benchmark[1], color="#9a6700",
+                lw=.9, alpha=.8, label="buy-and-hold, same symbols")
+        a1.plot([], [], color="#1f6feb", lw=1.2, label="strategy")
+        a1.legend(loc="best", fontsize=8)
     a1.axhline(start_equity, color="grey", lw=.6, ls="--")
     a1.set_ylabel("equity (USDT)")
     a1.set_title("Equity curve")
@@ -154,6 +160,8 @@ def build_report(store: AuditStore, out_dir: str | Path, start_equity: float, pl
     held = [s for s in (plan.symbols if plan else sorted(bars)) if s in bars]
     summary["benchmark_return_pct"] = (buy_and_hold(bars, held, cfg.paper.taker_fee, cfg.paper.slippage_bps)["return_pct"]
                                        if held else float("nan"))
+    bench = tearsheet.buy_and_hold_curve(bars, held, start_equity, interval_ms_of(interval) if interval else 60_000,
+                                         cfg.paper.taker_fee, cfg.paper.slippage_bps)
     summary["monthly_returns"] = tearsheet.monthly_returns(ts, eq, start_equity)
     summary["rolling_sharpe"] = tearsheet.rolling_sharpe_series(ts, eq, start_equity, start, end)
 
@@ -175,11 +183,12 @@ def build_report(store: AuditStore, out_dir: str | Path, start_equity: float, pl
     _, mv = store.query(f"SELECT DISTINCT model_version FROM {db}.signals FINAL ORDER BY model_version")
     _, sv = store.query(f"SELECT DISTINCT strategy_version FROM {db}.signals FINAL ORDER BY strategy_version")
     run.update(model_versions=[r[0] for r in mv], strategy_versions=[r[0] for r in sv])
-    images = _plots(trades, ts, eq, start_equity, out)
+    images = _plots(trades, ts, eq, start_equity, out, bench)
     images.update(_rolling_sharpe_png(summary["rolling_sharpe"], out))
     curve = [[start, start_equity]] + tearsheet.downsample_curve(ts, eq)   # for `smc compare`
     (out / "summary.json").write_bytes(orjson.dumps({"summary": summary, "groups": groups, "trades": trade_rows,
-                                                     "run": run, "equity": curve},
+                                                     "run": run, "equity": curve,
+                                                     "benchmark_equity": tearsheet.downsample_curve(*bench)},
                                                     option=orjson.OPT_INDENT_2 | orjson.OPT_SORT_KEYS))
     (out / "index.html").write_text(_html(summary, groups, trade_rows, images, run))
     _print(console or Console(), summary, groups, out)

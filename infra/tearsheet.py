@@ -270,3 +270,25 @@ def monthly_grid(monthly: list[dict]) -> list[dict]:
         row["year_pct"] = (growth - 1.0) * 100.0
         out.append(row)
     return out
+
+
+def buy_and_hold_curve(bars: dict, symbols, start_equity: float, interval_ms: int, taker_fee: float,
+                       slippage_bps: float) -> tuple[np.ndarray, np.ndarray]:
+    """The buy-and-hold benchmark over time: start_equity split equally over `symbols`, each bought at its
+    first bar's open (slippage against us) and valued at each bar's close as if sold there (slippage and a
+    taker fee both ways), cash until a symbol's first bar. Its last value is models.baselines.buy_and_hold's
+    return on start_equity. -> (bar close times (ms, exclusive ends), equity)."""
+    syms = [s for s in sorted(set(symbols)) if s in bars and len(bars[s].open_time)]
+    if not syms:
+        return np.zeros(0, dtype=np.int64), np.zeros(0)
+    grid = np.unique(np.concatenate([np.asarray(bars[s].open_time, dtype=np.int64) for s in syms]))
+    w = start_equity / len(syms)
+    value = np.zeros(grid.size)
+    for s in syms:
+        b = bars[s]
+        buy = float(b.open[0]) * (1 + slippage_bps / 1e4)
+        idx = np.searchsorted(np.asarray(b.open_time), grid, side="right") - 1
+        sell = np.asarray(b.close, dtype=np.float64)[np.maximum(idx, 0)] * (1 - slippage_bps / 1e4)
+        held = w * (1 + (sell - buy - taker_fee * (buy + sell)) / buy)
+        value += np.where(idx >= 0, held, w)
+    return grid + interval_ms, value

@@ -90,6 +90,11 @@ def test_drawdown_benchmark_and_returns_equal_the_trail_and_the_data(report):
         buy, sell = o * 1.0001, c * 0.9999
         rets.append((sell - buy - 0.0005 * (buy + sell)) / buy)
     assert math.isclose(s["benchmark_return_pct"], sum(rets) / len(rets) * 100, rel_tol=1e-9)
+    # its curve over the run ends there, starts near the start equity, and spans the run's bars
+    curve = doc["benchmark_equity"]
+    assert math.isclose(curve[-1][1], start * (1 + s["benchmark_return_pct"] / 100), rel_tol=1e-12)
+    assert curve[0][0] == plan.start + 60_000 and curve[-1][0] == plan.end + 60_000 - 1
+    assert abs(curve[0][1] / start - 1) < 0.01
     # one day: the risk-adjusted figures say they rest on 24 hourly returns, not on one daily point
     assert (s["sharpe_sampling"], s["sharpe_n"]) == ("1h", 24)
 

@@ -177,3 +177,19 @@ def test_monthly_grid_compounds_each_year():
     assert [r["year"] for r in rows] == ["2025", "2026"]
     assert rows[0]["Jan"] == 10.0 and rows[0]["Feb"] == -10.0 and rows[0]["Mar"] is None
     assert rows[0]["year_pct"] == pytest.approx(-1.0) and rows[1]["year_pct"] == pytest.approx(5.0)
+
+
+def test_buy_and_hold_curve():
+    from models.baselines import SymbolBars, buy_and_hold
+    # A: open 100, closes 110 then 121; B starts one bar later: open 50, close 45. No costs:
+    # bar 0: A 5,000 x 110/100 = 5,500 + B still cash 5,000 = 10,500; bar 1: A 5,000 x 1.21 = 6,050,
+    # B 5,000 x 45/50 = 4,500 -> 10,550
+    a = SymbolBars(np.array([0, 60_000]), np.array([100., 110.]), np.array([111., 122.]), np.array([99., 109.]),
+                   np.array([110., 121.]))
+    b = SymbolBars(np.array([60_000]), np.array([50.]), np.array([51.]), np.array([44.]), np.array([45.]))
+    t, v = ts.buy_and_hold_curve({"A": a, "B": b}, ["A", "B"], 10_000.0, 60_000, 0.0, 0.0)
+    assert t.tolist() == [60_000, 120_000] and v == pytest.approx([10_500.0, 10_550.0])
+    # with costs its last value is the benchmark's return on the start equity (one definition of the cost)
+    t, v = ts.buy_and_hold_curve({"A": a, "B": b}, ["A", "B"], 10_000.0, 60_000, 0.0005, 1.0)
+    bh = buy_and_hold({"A": a, "B": b}, ["A", "B"], 0.0005, 1.0)
+    assert v[-1] == pytest.approx(10_000.0 * (1 + bh["return_pct"] / 100), rel=1e-12)
