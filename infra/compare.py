@@ -141,7 +141,17 @@ def _meta_rows(docs: list[dict]) -> list[dict]:
     keys = (("period (UTC)", "period"), ("symbols", "symbols"), ("interval", "interval"), ("scorer", "scorer"),
             ("model versions", "model_versions"), ("engine", "engine"), ("code", "code"),
             ("settings changed", "settings_changed"))
-    return [{"run": label, **{f"{i + 1}. {d['label']}": one(d, key) for i, d in enumerate(docs)}} for label, key in keys]
+    rows = [{"run": label, **{f"{i + 1}. {d['label']}": one(d, key) for i, d in enumerate(docs)}} for label, key in keys]
+    changed = [(d.get("run") or {}).get("settings_changed") or {} for d in docs]
+    differ = sorted(k for k in set().union(*changed) if k not in _PER_RUN and len({repr(c.get(k)) for c in changed}) > 1)
+    rows.append({"run": "settings that differ between these runs",
+                 **{f"{i + 1}. {d['label']}": "; ".join(f"{k}={c[k]!r}" if k in c else f"{k}=(default)" for k in differ) or "none"
+                    for i, (d, c) in enumerate(zip(docs, changed))}})
+    return rows
+
+
+# settings every run sets for itself: not a difference between runs worth showing
+_PER_RUN = {"namespace", "data_dir", "clickhouse_dsn", "replay_end"}
 
 
 def render(docs: list[dict]) -> str:

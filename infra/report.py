@@ -136,6 +136,8 @@ def build_report(store: AuditStore, out_dir: str | Path, start_equity: float, pl
     from infra import tearsheet
     from models.baselines import bootstrap_mean_ci, buy_and_hold
     from models.dataset import interval_ms_of
+    import time
+    began = time.monotonic()
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     trades = load_trades(store)
@@ -185,6 +187,7 @@ def build_report(store: AuditStore, out_dir: str | Path, start_equity: float, pl
     run.update(model_versions=[r[0] for r in mv], strategy_versions=[r[0] for r in sv])
     images = _plots(trades, ts, eq, start_equity, out, bench)
     images.update(_rolling_sharpe_png(summary["rolling_sharpe"], out))
+    run["report_s"] = time.monotonic() - began   # the report's own time (the run's is wall_s)
     curve = [[start, start_equity]] + tearsheet.downsample_curve(ts, eq)   # for `smc compare`
     (out / "summary.json").write_bytes(orjson.dumps({"summary": summary, "groups": groups, "trades": trade_rows,
                                                      "run": run, "equity": curve,

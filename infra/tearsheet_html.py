@@ -86,6 +86,8 @@ def metadata(run: dict, summary: dict) -> str:
                  if code else "not recorded"))
     wall = run.get("wall_s")
     rows.append(("wall time (run, before the report)", f"{wall:,.1f} s" if wall is not None else "not recorded"))
+    if run.get("report_s") is not None:
+        rows.append(("report time", f"{run['report_s']:,.1f} s"))
     return "<h2>Run</h2>" + _kv(rows)
 
 

@@ -187,7 +187,7 @@ def test_trade_list_filters_and_sorts_in_chromium(report):
 
 def test_compare_puts_runs_side_by_side(report, tmp_path, capsys):
     from infra import cli
-    from infra.compare import FIGURES, figure_rows, load_run
+    from infra.compare import FIGURES, _meta_rows, figure_rows, load_run
     from infra.tearsheet_html import cell
     _, res, _, doc = report
     # the same real report twice: by its directory and by a run name under a reports root
@@ -204,6 +204,12 @@ def test_compare_puts_runs_side_by_side(report, tmp_path, capsys):
     # the random-entry baselines next to the strategy
     st = s["baselines"]["strategy"]
     assert list(rows[len(FIGURES)].values())[1] == f"{st['mean']:+.2f} [{st['lo']:+.2f}, {st['hi']:+.2f}]"
+    # a run that differs in one setting says so, and only that
+    other = orjson.loads((root / "copy" / "summary.json").read_bytes())
+    other["run"]["settings_changed"]["SMC_EXEC_EXAMPLE_KNOB"] = "0.0004"
+    (root / "copy" / "summary.json").write_bytes(orjson.dumps(other))
+    meta = _meta_rows([a, load_run("copy", reports=root)])[-1]
+    assert list(meta.values())[1:] == ["SMC_EXEC_EXAMPLE_KNOB=(default)", "SMC_EXEC_EXAMPLE_KNOB='0.0004'"]
     assert cli.main(["compare", res.report_dir, str(root / "copy"), "--out", str(tmp_path / "cmp")]) == 0
     page = (tmp_path / "cmp" / "index.html").read_text()
     assert page.count(cell("net_pnl", s["net_pnl"])) >= 2 and "data:image/png;base64," in page
