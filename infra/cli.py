@@ -98,7 +98,7 @@ def cmd_backtest(args) -> int:
 def cmd_sweep(args) -> int:
     from pathlib import Path
     from infra.pipeline import PipelineError, plan_backtest
-    from infra.sweep import run_sweep, write_report
+    from infra.sweep import baseline_line, run_sweep, write_report
     console = Console()
     settings = load_settings(args.config).with_(model_path="" if args.scorer == "heuristic" else load_settings(args.config).model_path)
     interval = _interval_of(args.files, args.interval)
@@ -116,6 +116,8 @@ def cmd_sweep(args) -> int:
     for w in res.walk_forward:
         console.print(f"  walk-forward window {w['window']}: chosen {w['config']} IS Sharpe {w['is_sharpe']:.4f} -> "
                       f"OOS Sharpe {w['oos_sharpe']:.4f}, OOS return {w['oos_return']:.4%}")
+    for b in res.baselines:
+        console.print(f"  random entries, same exits, {baseline_line(b)}")
     console.print(f"deflated Sharpe ratio {res.dsr:.3f}; PBO (CSCV) {res.pbo:.3f}; OOS mean hourly return "
                   f"{res.oos_mean:.2e} (95% CI {res.oos_ci[0]:.2e} .. {res.oos_ci[1]:.2e}); report {out}/index.html")
     return 0

@@ -54,7 +54,7 @@ def load_baselines(store: AuditStore, seeds: int = 20) -> dict | None:
         bars[sym] = SymbolBars(a[:, 0].astype(np.int64), a[:, 1], a[:, 2], a[:, 3], a[:, 4])
     cfg = config_from_env(1.0)
     ev = random_entry_evidence([ClosedPosition(*r) for r in rows], bars, interval_ms_of(interval), cfg.paper,
-                               cfg.exits, seeds)
+                               cfg.exits, seeds, funding=cfg.funding)
     if ev is not None:
         ev["interval"] = interval
     return ev
