@@ -21,7 +21,8 @@ Where each drawn thing comes from (nothing is recomputed that the run recorded):
     a later, more extreme one superseded is drawn hollow.
   - BOS / CHoCH: the broken level, from its swing pivot to the close of the breaking bar.
   - Liquidity sweeps: the swept level (a tracked swing level, `count` equal ones merged) from its
-    pivot to the sweeping bar, and a marker there.
+    pivot to the sweeping bar, and a marker there. A tracked level that was never swept is shown by its
+    swing marker only: the engine records no event when a close breaks one, so where it ends is unknown.
 * Trades: the run's positions (entry/exit price and time, stop and target as recorded on the
   position); the hover adds the signal that opened it (features, confidence, tier, pattern).
 

@@ -186,7 +186,7 @@ def test_smc_chart_command(run, tmp_path, monkeypatch, capsys):
 _BROWSER_OWN = (b"update.googleapis.com", b"accounts.google.com")
 
 
-def _open_headless(page: Path) -> tuple[str, list[str], list[bytes]]:
+def _open_headless(page: Path, profile: Path) -> tuple[str, list[str], list[bytes]]:
     """-> (DOM after 5 s of page time, console lines, requests that reached the proxy trap)."""
     browser = find_chromium()
     trap = socket.socket()
@@ -209,7 +209,7 @@ def _open_headless(page: Path) -> tuple[str, list[str], list[bytes]]:
     threading.Thread(target=accept, daemon=True).start()
     try:
         r = subprocess.run(chromium_args(
-            browser, f"--user-data-dir={page.parent / 'profile'}", "--enable-logging=stderr", "--v=0",
+            browser, f"--user-data-dir={profile}", "--enable-logging=stderr", "--v=0",
             f"--proxy-server=http://127.0.0.1:{trap.getsockname()[1]}", "--proxy-bypass-list=<-loopback>",
             "--disable-features=NetworkTimeServiceQuerying,OptimizationHints,MediaRouter,Translate",
             "--virtual-time-budget=5000", "--dump-dom", page.resolve().as_uri()), capture_output=True, timeout=120)
@@ -229,7 +229,7 @@ def test_the_probe_sees_errors_and_requests(tmp_path):
     bad = tmp_path / "bad.html"
     bad.write_text('<html><body><script>noSuchFunction();</script><img src="http://example.invalid/x.png">'
                    '<script src="https://cdn.plot.ly/plotly-2.35.2.min.js"></script></body></html>')
-    _, console, requests = _open_headless(bad)
+    _, console, requests = _open_headless(bad, tmp_path / "profile")
     assert any("noSuchFunction" in ln for ln in console)
     assert any(b"example.invalid" in r for r in requests) and any(b"cdn.plot.ly" in r for r in requests)
 
@@ -243,7 +243,7 @@ def test_page_renders_in_headless_chromium_offline(run, tmp_path, where):
         page.write_text(chart_html(load_chart_input(store, "SOLUSDT", ns, 1747742400000, 1747756800000)))
     else:
         page = report / "chart_BTCUSDT.html"
-    dom, console, requests = _open_headless(page)
+    dom, console, requests = _open_headless(page, tmp_path / "profile")
     assert 'class="main-svg"' in dom and 'class="trace boxes"' in dom, "plotly drew no candles"
     assert dom.count('class="trace scatter') >= 10, "plotly drew too few zone / marker traces"
     assert console == [], console
