@@ -17,7 +17,7 @@ setup() {
   if [ ! -x .venv/bin/python ]; then
     "$PY" -m venv .venv
   fi
-  if ! .venv/bin/python -c "import infra.cli, faust, chdb, talib, smartmoneyconcepts, httpx, ruff, mypy" >/dev/null 2>&1; then
+  if ! .venv/bin/python -c "import infra.cli, faust, chdb, plotly, talib, smartmoneyconcepts, httpx, ruff, mypy" >/dev/null 2>&1; then
     .venv/bin/python -m pip install -q --upgrade pip
     .venv/bin/python -m pip install -q -e '.[test]'
   fi

@@ -190,9 +190,12 @@ def build_report(store: AuditStore, out_dir: str | Path, start_equity: float, pl
     from infra.sizing_report import load_entry_sizing, sizing_by_tier
     summary["sizing_by_tier"] = sizing_by_tier(load_entry_sizing(store))
     images = _plots(trades, ts, eq, start_equity, out)
+    # --- candle charts per traded symbol (issue 18): infra/chart.py, one page each, linked below ---
+    from infra.chart_data import write_report_charts
+    charts = write_report_charts(store, out, out.name, sorted({t.symbol for t in trades}))
     (out / "summary.json").write_bytes(orjson.dumps({"summary": summary, "groups": groups},
                                                     option=orjson.OPT_INDENT_2 | orjson.OPT_SORT_KEYS))
-    (out / "index.html").write_text(_html(summary, groups, trades, images))
+    (out / "index.html").write_text(_html(summary, groups, trades, images, charts))
     _print(console or Console(), summary, groups, out)
     return summary
 
@@ -205,7 +208,17 @@ def _table_html(rows: list[dict]) -> str:
     return f"<table><tr>{head}</tr>{body}</table>"
 
 
-def _html(summary: dict, groups: dict, trades: list[Trade], images: dict[str, str]) -> str:
+def _charts_html(charts: dict[str, str]) -> str:
+    """Links to the per-symbol candle charts (interactive, offline: plotly.min.js beside them)."""
+    if not charts:
+        return ""
+    links = " · ".join(f'<a href="{html.escape(f)}">{html.escape(s)}</a>' for s, f in charts.items())
+    return (f"<h2>Charts: trades on price with the SMC zones</h2><p>{links}</p><p><small>M1/M5 candles, FVG and "
+            "order-block zones, swings, BOS/CHoCH, sweeps, entries/exits with stop and target; "
+            "<code>smc chart SYMBOL --run RUN --start ISO --end ISO</code> draws any other stretch.</small></p>")
+
+
+def _html(summary: dict, groups: dict, trades: list[Trade], images: dict[str, str], charts: dict | None = None) -> str:
     kv = "".join(f"<tr><th>{html.escape(k)}</th><td>{html.escape(_fmt(v))}</td></tr>"
                  for k, v in summary.items() if not isinstance(v, (dict, list)))
     dec = _table_html([{"decision": k, "count": v} for k, v in summary.get("decisions", {}).items()])
@@ -220,7 +233,7 @@ def _html(summary: dict, groups: dict, trades: list[Trade], images: dict[str, st
     return f"""<!doctype html><html><head><meta charset="utf-8"><title>SMC-Quant run report</title>
 <style>body{{font-family:system-ui,sans-serif;margin:2em;max-width:1100px}}table{{border-collapse:collapse;margin:1em 0}}
 td,th{{border:1px solid #ccc;padding:3px 8px;text-align:right}}th{{background:#f3f3f3}}img{{max-width:100%}}</style></head>
-<body><h1>SMC-Quant run report</h1><p><b>{html.escape(verdict(summary))}</b></p><table>{kv}</table><h2>Decisions</h2>{dec}
+<body><h1>SMC-Quant run report</h1><p><b>{html.escape(verdict(summary))}</b></p>{_charts_html(charts or {})}<table>{kv}</table><h2>Decisions</h2>{dec}
 {shadow_html(summary.get("shadow_by_tier"))}
 <h2>Sizing by risk tier (intended vs taken, % of equity; how often the position cap bound)</h2>{_table_html(summary.get("sizing_by_tier", []))}{imgs}{grp}
 <h2>Trades ({len(trades)})</h2>{_table_html(tlist)}</body></html>"""
