@@ -83,10 +83,9 @@ def round_to(value: float, step: float, mode: str) -> float:
 
 def parse_exchange_info(payload: dict | bytes | str) -> dict[str, Instrument]:
     """Instruments of every symbol in an exchangeInfo payload (any status; callers filter)."""
-    if not isinstance(payload, dict):
-        payload = orjson.loads(payload)
+    info: dict = payload if isinstance(payload, dict) else orjson.loads(payload)
     out: dict[str, Instrument] = {}
-    for sym in payload.get("symbols", []):
+    for sym in info.get("symbols", []):
         f = {flt.get("filterType"): flt for flt in sym.get("filters", [])}
         try:
             tick = float(f["PRICE_FILTER"]["tickSize"])

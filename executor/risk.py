@@ -29,6 +29,15 @@ MAX_NOTIONAL_PCT = 0.10
 CAPS = ("notional", "margin")
 
 
+def tier_name(confidence: float) -> str:
+    """The confidence tier a signal falls in (strict >, TIERS): ">0.85", "0.70-0.85", "0.60-0.70" or "<=0.60"."""
+    bounds = [t for t, _ in TIERS]
+    for i, lo in enumerate(bounds):
+        if confidence > lo:
+            return f">{lo:.2f}" if i == 0 else f"{lo:.2f}-{bounds[i - 1]:.2f}"
+    return f"<={bounds[-1]:.2f}"
+
+
 @dataclass(frozen=True, slots=True)
 class RiskConfig:
     tiers: tuple[tuple[float, float], ...] = TIERS      # (confidence strictly above, risk fraction)

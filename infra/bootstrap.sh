@@ -4,7 +4,7 @@
 #   bash infra/bootstrap.sh test    # set up, start a local Kafka broker, run the test suite
 #   bash infra/bootstrap.sh bench   # set up, run the benchmark suite (prints ratios)
 #   bash infra/bootstrap.sh stress  # set up, run the fault matrix (SMC_STRESS_N repetitions, default 20)
-#   bash infra/bootstrap.sh lint    # set up, `ruff check .` (rules in pyproject.toml [tool.ruff])
+#   bash infra/bootstrap.sh lint    # set up, `ruff check .` and mypy on the pure core (pyproject.toml [tool.ruff], [tool.mypy])
 # Set-up is idempotent: a .venv with the project, and the Apache Kafka jars fetched by Maven.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -17,7 +17,7 @@ setup() {
   if [ ! -x .venv/bin/python ]; then
     "$PY" -m venv .venv
   fi
-  if ! .venv/bin/python -c "import infra.cli, faust, chdb, talib, smartmoneyconcepts, httpx, ruff" >/dev/null 2>&1; then
+  if ! .venv/bin/python -c "import infra.cli, faust, chdb, plotly, talib, smartmoneyconcepts, httpx, ruff, mypy" >/dev/null 2>&1; then
     .venv/bin/python -m pip install -q --upgrade pip
     .venv/bin/python -m pip install -q -e '.[test]'
   fi
@@ -49,6 +49,7 @@ case "$cmd" in
   lint)
     setup
     .venv/bin/python -m ruff check . "$@"
+    .venv/bin/python -m mypy
     ;;
   run)
     setup

@@ -112,7 +112,7 @@ def cmd_compare(args) -> int:
 def cmd_sweep(args) -> int:
     from pathlib import Path
     from infra.pipeline import PipelineError, plan_backtest
-    from infra.sweep import run_sweep, write_report
+    from infra.sweep import baseline_line, run_sweep, write_report
     console = Console()
     settings = load_settings(args.config).with_(model_path="" if args.scorer == "heuristic" else load_settings(args.config).model_path)
     interval = _interval_of(args.files, args.interval)
@@ -130,10 +130,62 @@ def cmd_sweep(args) -> int:
     for w in res.walk_forward:
         console.print(f"  walk-forward window {w['window']}: chosen {w['config']} IS Sharpe {w['is_sharpe']:.4f} -> "
                       f"OOS Sharpe {w['oos_sharpe']:.4f}, OOS return {w['oos_return']:.4%}")
+    for b in res.baselines:
+        console.print(f"  random entries, same exits, {baseline_line(b)}")
     console.print(f"deflated Sharpe ratio {res.dsr:.3f}; PBO (CSCV) {res.pbo:.3f}; OOS mean hourly return "
                   f"{res.oos_mean:.2e} (95% CI {res.oos_ci[0]:.2e} .. {res.oos_ci[1]:.2e}); report {out}/index.html")
     return 0
 # --- end smc backtest ----------------------------------------------------------------------------------
+
+
+# --- smc chart (issue 18): one symbol of a run on price, with the SMC geometry and the trades ------------
+def cmd_chart(args) -> int:
+    from infra.chart import ChartRangeError, chart_html
+    from infra.chart_data import RunNotFound, load_chart_input, screenshot
+    from infra.clickhouse import AuditStore, exclusive, run_database
+    err = Console(stderr=True)
+    settings = load_settings(args.config)
+    run = Path(args.run.rstrip("/")).name   # a namespace, or its report directory reports/<namespace>
+    database = run_database(run)
+    if args.start is not None and args.end is not None and args.end <= args.start:
+        err.print("[red]error:[/] --end must be after --start", soft_wrap=True)
+        return 2
+    try:
+        with exclusive(settings.clickhouse_dsn):
+            store = AuditStore(settings.clickhouse_dsn, database=database)
+            if not store.scalar(f"SELECT count() FROM system.databases WHERE name = '{database}'"):
+                err.print(f"[red]error:[/] no run {run!r} in {settings.clickhouse_dsn} (database {database}); "
+                          "--run takes a run's namespace, e.g. bk-20261204-013000, as `smc backtest` / `smc run` print it",
+                          soft_wrap=True)
+                return 2
+            ci = load_chart_input(store, args.symbol.upper(), run, args.start, args.end)
+        page = chart_html(ci)
+    except (RunNotFound, ChartRangeError) as exc:
+        err.print(f"[red]error:[/] {exc}", soft_wrap=True)
+        return 2
+    out = Path(args.out or REPO_ROOT / "reports" / run / f"chart_{ci.symbol}_{ci.start}_{ci.end}.html")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(page)
+    shown = sum(p.opened_at < ci.end and (p.status == "open" or p.closed_at >= ci.start) for p in ci.trades)
+    Console().print(f"chart: {out} ({shown} of the run's {len(ci.trades)} {ci.symbol} positions, "
+                    f"{datetime.fromtimestamp(ci.start / 1000, timezone.utc):%Y-%m-%d %H:%M} .. "
+                    f"{datetime.fromtimestamp(ci.end / 1000, timezone.utc):%Y-%m-%d %H:%M} UTC)", soft_wrap=True)
+    if args.png:
+        try:
+            screenshot(out, Path(args.png), *args.size)
+        except (FileNotFoundError, OSError, RuntimeError) as exc:
+            err.print(f"[red]error:[/] {exc}", soft_wrap=True)
+            return 2
+        Console().print(f"png: {args.png}")
+    return 0
+
+
+def _size(value: str) -> tuple[int, int]:
+    w, _, h = value.partition("x")
+    if not (w.isdigit() and h.isdigit() and 200 <= int(w) <= 8000 and 200 <= int(h) <= 8000):
+        raise argparse.ArgumentTypeError(f"{value!r}: use WIDTHxHEIGHT in pixels, e.g. 1400x900")
+    return int(w), int(h)
+# --- end smc chart ---------------------------------------------------------------------------------------
 
 
 # --- smc lookahead-check (issue 16): full run vs prefixes, on any data, config and user feature ---------
@@ -520,6 +572,17 @@ def main(argv: list[str] | None = None) -> int:
     la.add_argument("--show", type=int, default=5, help="findings shown per (symbol, timeframe, field) (default 5)")
     la.add_argument("--no-progress", action="store_true")
     la.set_defaults(fn=cmd_lookahead_check)
+
+    ch = sub.add_parser("chart", help="one symbol of a run as an interactive candle chart (M1/M5) with FVG/OB zones, "
+                        "swings, BOS/CHoCH, sweeps and the trades: one offline HTML file")
+    ch.add_argument("symbol", help="the symbol, e.g. BTCUSDT")
+    ch.add_argument("--run", required=True, help="the run's namespace (e.g. bk-20261204-013000) or its report directory")
+    ch.add_argument("--start", type=_when, help="from (ISO date/datetime, UTC, or epoch ms; default: the run's start)")
+    ch.add_argument("--end", type=_when, help="to, exclusive (default: the run's end)")
+    ch.add_argument("--out", help="the HTML file (default reports/<run>/chart_<SYMBOL>_<start>_<end>.html)")
+    ch.add_argument("--png", help="also a PNG screenshot of the page, by headless Chromium (apt-get install chromium)")
+    ch.add_argument("--size", type=_size, default=(1400, 900), help="--png size WIDTHxHEIGHT (default 1400x900)")
+    ch.set_defaults(fn=cmd_chart)
 
     q = sub.add_parser("query", help="run SQL against the audit trail (chDB or server, from SMC_CLICKHOUSE_DSN)")
     q.add_argument("sql", help="SQL text, or - for standard input")

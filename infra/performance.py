@@ -31,20 +31,16 @@ class Trade:
 
 
 def tier_names() -> list[str]:
-    """The confidence tiers' names, highest first: the executor's sizing tiers (executor.risk.TIERS,
-    strict `>`), then the no-trade band."""
-    from executor.risk import TIERS
-    edges = [lo for lo, _ in TIERS]
-    return [f">{edges[0]:.2f}"] + [f"{lo:.2f}-{hi:.2f}" for hi, lo in zip(edges, edges[1:])] + [f"<={edges[-1]:.2f}"]
+    """The confidence tiers' names, highest first (executor.risk.tier_name at each tier: the sizing tiers,
+    strict `>`, then the no-trade band)."""
+    from executor.risk import TIERS, tier_name
+    return [tier_name(math.inf)] + [tier_name(lo) for lo, _ in TIERS]
 
 
 def tier_of(confidence: float) -> str:
-    from executor.risk import TIERS
-    names = tier_names()
-    for i, (lo, _) in enumerate(TIERS):
-        if confidence > lo:
-            return names[i]
-    return names[-1]
+    """The executor's confidence tier (executor.risk.tier_name: one definition of the thresholds)."""
+    from executor.risk import tier_name
+    return tier_name(confidence)
 
 
 def tier_sql(column: str = "confidence") -> str:
@@ -214,3 +210,53 @@ def random_entry_evidence(positions: list[ClosedPosition], bars: dict, interval_
     frac = dist / np.array([p.entry_price for p in pos])
     return evidence(r, np.array([p.symbol for p in pos]), side, frac, ratio, bars, simulate, seeds=seeds,
                     n_boot=1000, taker_fee=paper.taker_fee, slippage_bps=paper.slippage_bps)
+
+
+@dataclass(frozen=True)
+class SignalSeries:
+    """One (symbol, timeframe) series of a run's signal records in open_time order: each record carries its
+    bar, so this is also the bar series the paper broker fills on (the next record's open)."""
+    symbol: str
+    timeframe: str
+    open_time: np.ndarray
+    open: np.ndarray
+    high: np.ndarray
+    low: np.ndarray
+    close: np.ndarray
+    side: np.ndarray         # +1 long, -1 short, 0 flat
+    entry: np.ndarray
+    stop: np.ndarray
+    target: np.ndarray
+    confidence: np.ndarray
+
+
+def shadow_trades(series: list[SignalSeries], label_cfg, funding=None) -> dict[str, np.ndarray]:
+    """Every setup of a run traded as the executor's paper broker would, whether or not the executor took
+    it (shadow trades): the labels' simulator (models.labels.simulate_trades: the executor's fills, exits,
+    costs and funding) on the setup's own series. No position limit, no sizing: one trade per setup, so
+    a run that took no trade still shows what its setups were worth, tier by tier. -> arrays over the
+    simulated setups: confidence, label (net PnL > 0), r (net R per trade), pnl (net, per unit of
+    quantity), timeframe, symbol, open_time (of the setup's bar); setups of a symbol without an instrument
+    or still open at the data's end are left out."""
+    from models.dataset import interval_ms_of, tick_of
+    from models.labels import simulate_trades
+    conf, label, r, pnl, t0, tf, sym = [], [], [], [], [], [], []
+    for s in series:
+        idx = np.flatnonzero(s.side != 0)
+        tick = tick_of(s.symbol, float(s.close[-1])) if s.close.size else None
+        if idx.size == 0 or tick is None:
+            continue
+        lab = simulate_trades(s.symbol, idx, s.side[idx], s.entry[idx], s.stop[idx], s.target[idx], s.open_time,
+                              s.open, s.high, s.low, s.close, interval_ms_of(s.timeframe), tick, label_cfg, funding)
+        ok = lab["valid"]
+        conf.append(s.confidence[idx][ok])
+        label.append(lab["label"][ok])
+        r.append(lab["r"][ok])
+        pnl.append(lab["pnl"][ok])
+        t0.append(s.open_time[idx][ok])
+        tf += [s.timeframe] * int(ok.sum())
+        sym += [s.symbol] * int(ok.sum())
+    def cat(xs: list, dt) -> np.ndarray:
+        return np.concatenate(xs) if xs else np.zeros(0, dt)
+    return {"confidence": cat(conf, np.float64), "label": cat(label, np.int8), "r": cat(r, np.float64),
+            "pnl": cat(pnl, np.float64), "open_time": cat(t0, np.int64), "timeframe": np.array(tf, dtype=object), "symbol": np.array(sym, dtype=object)}

@@ -59,10 +59,49 @@ def load_baselines(store: AuditStore, interval: str, bars: dict, cfg, seeds: int
     if not rows or not bars:
         return None
     ev = random_entry_evidence([ClosedPosition(*r) for r in rows], bars, interval_ms_of(interval), cfg.paper,
-                               cfg.exits, seeds)
+                               cfg.exits, seeds, funding=cfg.funding)
     if ev is not None:
         ev["interval"] = interval
     return ev
+
+
+def run_shadow_trades(store: AuditStore) -> dict[str, np.ndarray] | None:
+    """Shadow trades (infra.performance.shadow_trades) of the run's setups, with the executor's exits,
+    costs and real funding from the environment (SMC_EXEC_*)."""
+    from executor.config import config_from_env
+    from infra.performance import SignalSeries, shadow_trades
+    from models.labels import LabelConfig
+    _, rows = store.query(
+        f"SELECT symbol, timeframe, open_time, open, high, low, close, side, entry, stop, target, confidence "
+        f"FROM {store.database}.signals FINAL ORDER BY symbol, timeframe, open_time")
+    if not rows:
+        return None
+    by: dict[tuple[str, str], list] = {}
+    for r in rows:
+        by.setdefault((r[0], r[1]), []).append(r[2:])
+    series = []
+    for (sym, tf), rs in by.items():
+        cols = list(zip(*rs))
+        o, h, lo, c, entry, stop, target, conf = (np.asarray(cols[k], dtype=np.float64) for k in (1, 2, 3, 4, 6, 7, 8, 9))
+        side = np.array([1 if x == "long" else -1 if x == "short" else 0 for x in cols[5]], dtype=np.int8)
+        series.append(SignalSeries(sym, tf, np.asarray(cols[0], np.int64), o, h, lo, c, side, entry, stop, target, conf))
+    cfg = config_from_env(1.0)
+    return shadow_trades(series, LabelConfig(cfg.exits, cfg.paper, cfg.strategy.target_r_multiple), cfg.funding)
+
+
+def load_shadow(store: AuditStore) -> list[dict] | None:
+    """The shadow trades by tier, overall and per timeframe: count, hit rate, mean / total R with
+    bootstrap CIs (models.evaluate.tier_table)."""
+    from models.evaluate import tier_table
+    sh = run_shadow_trades(store)
+    if sh is None:
+        return None
+    out = []
+    for tf in ["all", *sorted(set(sh["timeframe"].tolist()))]:
+        m = np.ones(sh["r"].size, bool) if tf == "all" else sh["timeframe"] == tf
+        for row in tier_table(sh["confidence"][m], sh["label"][m], sh["r"][m]):
+            out.append({"timeframe": tf, **row})
+    return out
 
 
 def load_equity(store: AuditStore) -> tuple[np.ndarray, np.ndarray]:
@@ -177,6 +216,7 @@ def build_report(store: AuditStore, out_dir: str | Path, start_equity: float, pl
               "block": group_pnl(trades, lambda t: tearsheet.blocks_of(t.pattern) or ["(none)"], ci),
               "exit_reason": group_pnl(trades, lambda t: t.exit_reason)}
     summary["baselines"] = load_baselines(store, interval, bars, cfg)
+    summary["shadow_by_tier"] = load_shadow(store)
     # --- sizing per tier (issue 15): risk intended vs taken, how often the cap bound ---
     from infra.sizing_report import load_entry_sizing, sizing_by_tier
     summary["sizing_by_tier"] = sizing_by_tier(load_entry_sizing(store))
@@ -187,13 +227,16 @@ def build_report(store: AuditStore, out_dir: str | Path, start_equity: float, pl
     run.update(model_versions=[r[0] for r in mv], strategy_versions=[r[0] for r in sv])
     images = _plots(trades, ts, eq, start_equity, out, bench)
     images.update(_rolling_sharpe_png(summary["rolling_sharpe"], out))
+    # --- candle charts per traded symbol (issue 18): infra/chart.py, one page each, linked below ---
+    from infra.chart_data import write_report_charts
+    charts = write_report_charts(store, out, out.name, sorted({t.symbol for t in trades}))
     run["report_s"] = time.monotonic() - began   # the report's own time (the run's is wall_s)
     curve = [[start, start_equity]] + tearsheet.downsample_curve(ts, eq)   # for `smc compare`
     (out / "summary.json").write_bytes(orjson.dumps({"summary": summary, "groups": groups, "trades": trade_rows,
                                                      "run": run, "equity": curve,
                                                      "benchmark_equity": tearsheet.downsample_curve(*bench)},
                                                     option=orjson.OPT_INDENT_2 | orjson.OPT_SORT_KEYS))
-    (out / "index.html").write_text(_html(summary, groups, trade_rows, images, run))
+    (out / "index.html").write_text(_html(summary, groups, trade_rows, images, run, charts))
     _print(console or Console(), summary, groups, out)
     return summary
 
@@ -222,7 +265,18 @@ def _table_html(rows: list[dict]) -> str:
     return table(rows)
 
 
-def _html(summary: dict, groups: dict, trade_rows: list[dict], images: dict[str, str], run: dict) -> str:
+def _charts_html(charts: dict[str, str]) -> str:
+    """Links to the per-symbol candle charts (interactive, offline: plotly.min.js beside them)."""
+    if not charts:
+        return ""
+    links = " · ".join(f'<a href="{html.escape(f)}">{html.escape(s)}</a>' for s, f in charts.items())
+    return (f"<h2>Charts: trades on price with the SMC zones</h2><p>{links}</p><p><small>M1/M5 candles, FVG and "
+            "order-block zones, swings, BOS/CHoCH, sweeps, entries/exits with stop and target; "
+            "<code>smc chart SYMBOL --run RUN --start ISO --end ISO</code> draws any other stretch.</small></p>")
+
+
+def _html(summary: dict, groups: dict, trade_rows: list[dict], images: dict[str, str], run: dict,
+          charts: dict | None = None) -> str:
     from infra import tearsheet_html as th
     dec = _table_html([{"decision": k, "count": v} for k, v in summary.get("decisions", {}).items()])
     imgs = "".join(f'<h2>{html.escape(n.replace("_", " "))}</h2><img src="data:image/png;base64,{b}">' for n, b in images.items())
@@ -233,10 +287,23 @@ def _html(summary: dict, groups: dict, trade_rows: list[dict], images: dict[str,
     return f"""<!doctype html><html><head><meta charset="utf-8"><title>SMC-Quant run report</title>
 <style>body{{font-family:system-ui,sans-serif;margin:2em;max-width:1400px}}table{{border-collapse:collapse;margin:1em 0}}
 td,th{{border:1px solid #ccc;padding:3px 8px;text-align:right}}th{{background:#f3f3f3}}img{{max-width:100%}}{th.STYLE}</style></head>
-<body><h1>SMC-Quant run report</h1><p><b>{html.escape(verdict(summary))}</b></p>{th.metadata(run, summary)}
+<body><h1>SMC-Quant run report</h1><p><b>{html.escape(verdict(summary))}</b></p>{th.metadata(run, summary)}{_charts_html(charts or {})}
 <h2>Tearsheet</h2>{th.headline(summary)}{th.monthly(summary.get("monthly_returns", []))}<h2>Decisions</h2>{dec}
+{shadow_html(summary.get("shadow_by_tier"))}
 <h2>Sizing by risk tier (intended vs taken, % of equity; how often the position cap bound)</h2>{_table_html(summary.get("sizing_by_tier", []))}{imgs}{grp}
 {th.trade_list(trade_rows)}</body></html>"""
+
+
+def shadow_html(rows: list[dict] | None) -> str:
+    """The shadow-trade table: what every setup of the run was worth, tier by tier, traded or not."""
+    if not rows:
+        return ""
+    fmt = [{"timeframe": r["timeframe"], "tier": r["tier"], "setups": r["n"],
+            "hit rate": f"{r['hit_rate']:.1%} [{r['hit_rate_ci'][0]:.1%}, {r['hit_rate_ci'][1]:.1%}]" if r["n"] else "-",
+            "mean R": f"{r['mean_r']:+.3f} [{r['mean_r_ci'][0]:+.3f}, {r['mean_r_ci'][1]:+.3f}]" if r["n"] else "-",
+            "total R": f"{r['total_r']:+.1f}"} for r in rows]
+    return ("<h2>Shadow trades: every setup as the executor would trade it, taken or not (95 % bootstrap CIs; "
+            "one trade per setup, no position limit or sizing)</h2>" + _table_html(fmt))
 
 
 def baseline_text(b: dict | None) -> str:
@@ -257,7 +324,8 @@ def verdict(summary: dict) -> str:
     if summary.get("trades", 0) == 0 and summary.get("setups", 0) > 0 and dec.get("skip:below_threshold", 0):
         return (f"No trades: all {summary['setups']} setups scored <= 0.60, the lowest risk tier. The shipped model is "
                 "calibrated and finds no edge in these setups after fees (models/README.md). "
-                "`smc run --scorer heuristic` trades on the spec's heuristic score instead.")
+                "`smc run --scorer heuristic` trades on the spec's heuristic score instead. The shadow trades "
+                "below show what every setup would have done, tier by tier.")
     return ""
 
 
@@ -280,6 +348,11 @@ def _print(console: Console, summary: dict, groups: dict, out: Path) -> None:
     base = baseline_text(summary.get("baselines"))
     if base:
         console.print(f"baselines: {base}")
+    shadow = [r for r in summary.get("shadow_by_tier") or [] if r["timeframe"] == "all" and r["n"]]
+    if shadow:
+        console.print("shadow trades (every setup, taken or not): " + "; ".join(
+            f"{r['tier']}: {r['n']} setups, hit {r['hit_rate']:.1%}, mean R {r['mean_r']:+.3f} "
+            f"[{r['mean_r_ci'][0]:+.3f}, {r['mean_r_ci'][1]:+.3f}]" for r in shadow))
     if summary.get("sizing_by_tier"):
         z = Table(title="Sizing by risk tier (% of equity)")
         for col in ("tier", "entries", "cap bound", "intended", "taken", "taken/intended"):

@@ -22,6 +22,7 @@ from typing import Callable
 import numpy as np
 
 MIN_SEEDS = 20
+WARMUP_BARS = 100      # random entries are drawn after a symbol's first WARMUP_BARS bars
 
 
 def _boot_means(x: np.ndarray, n_boot: int, rng: np.random.Generator) -> np.ndarray:
@@ -54,7 +55,7 @@ Simulator = Callable[[str, np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.nd
 
 
 def random_entries(symbols: np.ndarray, side: np.ndarray, stop_frac: np.ndarray, target_ratio: np.ndarray,
-                   bars: dict[str, SymbolBars], simulate: Simulator, seed: int, warmup: int = 100) -> np.ndarray:
+                   bars: dict[str, SymbolBars], simulate: Simulator, seed: int, warmup: int = WARMUP_BARS) -> np.ndarray:
     """One seed's random twin of every trade: same symbol, side, stop distance (fraction of price) and
     target / stop ratio, entry decided at the close of a uniformly drawn bar. -> R aligned with the
     trades (NaN where the twin's outcome is unknown: still open at the data end, a hole, ...)."""

@@ -20,6 +20,7 @@ from pathlib import Path
 import numpy as np
 import polars as pl
 
+from executor.risk import TIERS as RISK_TIERS
 from processors.scoring import HeuristicScorer, LightGBMScorer
 from processors.smc import FEATURE_NAMES
 
@@ -37,16 +38,11 @@ def auc_se(a: float, y: np.ndarray) -> float:
     return float(np.sqrt((a * (1 - a) + (n1 - 1) * (q1 - a * a) + (n0 - 1) * (q2 - a * a)) / (n1 * n0)))
 
 
-def _tiers() -> tuple[tuple[str, float, float], ...]:
-    """(name, lower edge exclusive, upper edge inclusive) of the executor's sizing tiers (executor.risk.TIERS,
-    the one definition), then the no-trade band."""
-    from executor.risk import TIERS as SIZING
-    e = [lo for lo, _ in SIZING]
-    return ((f"> {e[0]:.2f}", e[0], np.inf), *((f"{lo:.2f}-{hi:.2f}", lo, hi) for hi, lo in zip(e, e[1:])),
-            (f"<= {e[-1]:.2f}", -np.inf, e[-1]))
-
-
-TIERS = _tiers()
+# the executor's tiers (executor.risk.TIERS, strict >) as (name, lo, hi]: "> 0.85", "0.70-0.85", "0.60-0.70", "<= 0.60"
+_BOUNDS = [t for t, _ in RISK_TIERS]
+TIERS = ((f"> {_BOUNDS[0]:.2f}", _BOUNDS[0], np.inf),
+         *((f"{lo:.2f}-{hi:.2f}", lo, hi) for lo, hi in zip(_BOUNDS[1:], _BOUNDS[:-1])),
+         (f"<= {_BOUNDS[-1]:.2f}", -np.inf, _BOUNDS[-1]))
 
 
 def tier_table(p: np.ndarray, y: np.ndarray, r: np.ndarray, n_boot: int = 1000) -> list[dict]:

@@ -45,14 +45,14 @@ def as_bar(bar: Any) -> Bar:
             t = ti
         except (TypeError, ValueError):
             raise BadBar(f"field 'open_time' must be an integer ms timestamp, got {t!r}") from None
-    out = [t]
+    out: list[float] = []
     for name, v in zip(FIELDS[1:], vals[1:]):
         try:
             f = float(v)
         except (TypeError, ValueError):
             raise BadBar(f"field {name!r} is not a number: {v!r}") from None
         out.append(f)
-    return Bar(*out)
+    return Bar(t, *out)
 
 
 def validate_bar(bar: Bar, last_open_time: int | None) -> None:

@@ -114,7 +114,8 @@ def aggregate_htf(a: dict, interval_ms: int, factor: int):
     starts = np.flatnonzero(np.r_[True, bucket[1:] != bucket[:-1]])
     ends = np.r_[starts[1:] - 1, n - 1]
     ended = t[ends] + interval_ms == bucket[starts] + period
-    close_idx = np.where(ended, ends, np.r_[starts[1:], -1])
+    # asarray: numpy's stubs type this 3-argument where() as the 1-argument form's tuple
+    close_idx = np.asarray(np.where(ended, ends, np.r_[starts[1:], -1]), dtype=np.int64)
     keep = close_idx >= 0
     vol = segment_sums(a["volume"], starts.astype(np.int64), ends.astype(np.int64))
     bars = {"open_time": bucket[starts], "open": a["open"][starts],

@@ -15,12 +15,13 @@ NUL placeholder and appended to a float array: `events_json` formats those float
 from __future__ import annotations
 
 import math
+from typing import Any
 
 import numpy as np
 import orjson
 from numba import njit
 
-_NJ = dict(cache=True, nogil=True, error_model="numpy")
+_NJ: dict[str, Any] = dict(cache=True, nogil=True, error_model="numpy")
 
 
 def _b(s: str) -> np.ndarray:

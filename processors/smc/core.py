@@ -33,7 +33,7 @@ class DetectorCore:
     def __init__(self, cfg: SmcConfig):
         self.cfg = cfg
         self.t = -1
-        self.buf = deque(maxlen=cfg.buffer_len())    # (idx, time, o, h, l, c, v)
+        self.buf: deque[tuple] = deque(maxlen=cfg.buffer_len())    # (idx, time, o, h, l, c, v)
         self.fvgs = FvgBook(cfg.max_open_fvgs)
         self.obs = ObBook(cfg.max_open_obs)
         self.levels = LevelBook(cfg.max_levels)
@@ -50,7 +50,7 @@ class DetectorCore:
         b = (t, time, o, h, l, c, v)
         buf = self.buf
         buf.append(b)
-        ev = None
+        ev: dict | None = None
 
         # 1. mitigation
         if self.fvgs.open:

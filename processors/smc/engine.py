@@ -54,8 +54,8 @@ class SmcEngine:
         self.atr = AtrState(cfg.atr_period)
         self.rsi = RsiState(cfg.rsi_period)
         self.core = DetectorCore(cfg)
-        self.closes = deque(maxlen=cfg.momentum_lookback + 1)
-        self.vols = deque(maxlen=cfg.volume_window)
+        self.closes: deque[float] = deque(maxlen=cfg.momentum_lookback + 1)
+        self.vols: deque[float] = deque(maxlen=cfg.volume_window)
 
     @property
     def trend(self) -> int:

@@ -50,8 +50,8 @@ class HtfAggregator:
     def __init__(self, interval_ms: int, factor: int):
         self.interval = interval_ms
         self.period = interval_ms * factor
-        self.cur = None      # the open window (see the module doc), None when no HTF bar is open
-        self.window = None   # the window the last push folded into (closed or not): what a table stores
+        self.cur: list | None = None      # the open window (see the module doc), None when no HTF bar is open
+        self.window: list | None = None   # the window the last push folded into (closed or not): what a table stores
 
     def open_bucket(self, last_time: int | None) -> int | None:
         """The bucket whose window is open after a base bar at last_time (None: none is open)."""

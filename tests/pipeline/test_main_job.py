@@ -124,3 +124,30 @@ def test_topic_replay_is_identical_and_shows_a_changed_feature(two_runs, tmp_pat
     assert fields <= {"features.rsi_14", "confidence", "side", "entry", "stop", "target"}, fields
     for ns in (f"{s.namespace}.r1", f"{s.namespace}.r2"):
         kafka_io.delete_namespace(s.with_(namespace=ns))
+
+
+def test_shadow_trades_are_the_executors_trades_where_it_traded(two_runs):
+    """Every setup is simulated (shadow trades); where the executor took one, the shadow trade's net PnL
+    per unit times the position's quantity is the position's realized PnL, and the tier table counts
+    every simulated setup once."""
+    from infra.report import run_shadow_trades
+    _, runs = two_runs
+    _, res, store = runs[0]
+    db = store.database
+    sh = run_shadow_trades(store)
+    setups = store.count("signals", "side != 'flat'")
+    assert 0 < sh["r"].size <= setups and sh["r"].size > 0.9 * setups   # only those still open at the end drop
+    shadow = {(s, tf, int(t)): p for s, tf, t, p in zip(sh["symbol"], sh["timeframe"], sh["open_time"], sh["pnl"])}
+    _, rows = store.query(
+        f"SELECT s.symbol, s.timeframe, s.open_time, p.qty, p.realized_pnl, p.exit_reason "
+        f"FROM (SELECT * FROM {db}.positions FINAL WHERE status = 'closed') AS p "
+        f"JOIN (SELECT * FROM {db}.signals FINAL) AS s ON s.signal_id = p.signal_id")
+    assert len(rows) == store.count("positions", "status = 'closed'") > 20
+    for sym, tf, t, qty, pnl, why in rows:
+        assert math.isclose(shadow[(sym, tf, int(t))] * qty, pnl, rel_tol=1e-9, abs_tol=1e-9), (sym, tf, t, why)
+    summary = orjson.loads((Path(res.report_dir) / "summary.json").read_bytes())["summary"]
+    rows = summary["shadow_by_tier"]
+    assert sum(r["n"] for r in rows if r["timeframe"] == "all") == sh["r"].size
+    assert sum(r["n"] for r in rows if r["timeframe"] != "all") == sh["r"].size
+    html_page = (Path(res.report_dir) / "index.html").read_text()
+    assert "Shadow trades" in html_page
