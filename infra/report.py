@@ -291,7 +291,7 @@ td,th{{border:1px solid #ccc;padding:3px 8px;text-align:right}}th{{background:#f
 <h2>Tearsheet</h2>{th.headline(summary)}{th.monthly(summary.get("monthly_returns", []))}<h2>Decisions</h2>{dec}
 {shadow_html(summary.get("shadow_by_tier"))}
 <h2>Sizing by risk tier (intended vs taken, % of equity; how often the position cap bound)</h2>{_table_html(summary.get("sizing_by_tier", []))}{imgs}{grp}
-{th.trade_list(trade_rows)}</body></html>"""
+{th.trade_list(trade_rows, charts)}</body></html>"""
 
 
 def shadow_html(rows: list[dict] | None) -> str:

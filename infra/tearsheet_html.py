@@ -167,14 +167,21 @@ TRADE_COLUMNS = ("symbol", "side", "opened_at", "closed_at", "minutes", "qty", "
                  "blocks", "exit_reason", "pattern")
 
 
-def trade_list(rows: list[dict]) -> str:
-    """The trade list: every column sortable (click the header), rows filtered by words (all must match)."""
-    head = "".join(f"<th>{html.escape(c)}</th>" for c in TRADE_COLUMNS)
+def trade_list(rows: list[dict], charts: dict[str, str] | None = None) -> str:
+    """The trade list: every column sortable (click the header), rows filtered by words (all must match);
+    with `charts` (symbol -> chart page), each trade links to its chart at its entry (#t=<ms>)."""
+    charts = charts or {}
+    head = "".join(f"<th>{html.escape(c)}</th>" for c in ("chart", *TRADE_COLUMNS))
+
+    def link(r):
+        page = charts.get(r["symbol"])
+        return (f'<td data-v=""><a href="{html.escape(page)}#t={int(r["opened_at"])}">chart</a></td>' if page
+                else '<td data-v=""></td>')
 
     def td(c, v):
         raw = "" if v is None or (isinstance(v, float) and not math.isfinite(v)) else repr(v) if isinstance(v, (int, float)) else str(v)
         return f'<td data-v="{html.escape(raw)}">{html.escape(cell(c, v))}</td>'
-    body = "".join(f'<tr id="trade-{html.escape(r["position_id"])}">' + "".join(td(c, r[c]) for c in TRADE_COLUMNS)
+    body = "".join(f'<tr id="trade-{html.escape(r["position_id"])}">' + link(r) + "".join(td(c, r[c]) for c in TRADE_COLUMNS)
                    + "</tr>" for r in rows)
     return (f"<h2>Trades (<span id=\"trade-count\">{len(rows)}</span> of {len(rows)})</h2>"
             "<p>R = net PnL / (qty x |entry - stop|); PnL % of the entry notional; MAE / MFE: the worst / best "

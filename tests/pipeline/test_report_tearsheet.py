@@ -151,6 +151,10 @@ def test_trade_list_equals_the_trail_with_r_and_excursions(report):
     assert any(t["mfe_pct"] > 0 for t in doc["trades"]) and any(t["mae_pct"] > 0 for t in doc["trades"])
     page = (Path(report[1].report_dir) / "index.html").read_text()
     assert all(f'id="trade-{pid}"' in page for pid in want)
+    # each trade links to its symbol's chart page at its entry
+    for t in doc["trades"]:
+        assert f'<tr id="trade-{t["position_id"]}"><td data-v=""><a href="chart_{t["symbol"]}.html#t={t["opened_at"]}">' in page
+        assert (Path(report[1].report_dir) / f"chart_{t['symbol']}.html").exists()
 
 
 def test_run_metadata(report):
