@@ -13,13 +13,17 @@ PY=${PYTHON:-python3.11}
 command -v "$PY" >/dev/null 2>&1 || PY=python3
 export SMC_CREDIT=0
 
+# the runtime for `run`; the test extras (pytest, reference libraries, linters) for everything else.
+# Versions pinned by infra/constraints.txt (what CI last passed with); pyproject.toml has the floors.
 setup() {
+  local extras=${1:-[test]} probe="import infra.cli, faust, chdb, plotly, httpx, lightgbm"
+  [ "$extras" = "[test]" ] && probe="$probe, pytest, talib, smartmoneyconcepts, ruff, mypy"
   if [ ! -x .venv/bin/python ]; then
     "$PY" -m venv .venv
   fi
-  if ! .venv/bin/python -c "import infra.cli, faust, chdb, plotly, talib, smartmoneyconcepts, httpx, ruff, mypy" >/dev/null 2>&1; then
+  if ! .venv/bin/python -c "$probe" >/dev/null 2>&1; then
     .venv/bin/python -m pip install -q --upgrade pip
-    .venv/bin/python -m pip install -q -e '.[test]'
+    .venv/bin/python -m pip install -q -c infra/constraints.txt -e ".$extras"
   fi
   .venv/bin/python -m infra.local_broker fetch >/dev/null
 }
@@ -52,7 +56,7 @@ case "$cmd" in
     .venv/bin/python -m mypy
     ;;
   run)
-    setup
+    setup ""
     exec .venv/bin/smc run "$@"
     ;;
   test)
