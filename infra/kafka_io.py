@@ -29,12 +29,14 @@ class BrokerUnavailable(RuntimeError):
     """No Kafka broker answers at the configured bootstrap: said within seconds, with the fix."""
 
 
+_FIX = "set SMC_KAFKA_BOOTSTRAP to the broker's host:port, or `smc broker start` starts the local one"
+
+
 def require_broker(settings: Settings, timeout: float = 3.0) -> str:
     """Fail fast, before any work: within about `timeout` s, a BrokerUnavailable naming the bootstrap and
     the fix unless a broker answers a metadata request at settings.kafka_bootstrap. Returns what answered
     (cluster, brokers and, when the broker reports it, its inter-broker protocol version) for the log."""
     bootstrap = settings.kafka_bootstrap
-    fix = ("set SMC_KAFKA_BOOTSTRAP to the broker's host:port, or `smc broker start` starts the local one")
     deadline = time.monotonic() + timeout
     endpoints = [e.strip() for e in bootstrap.split(",") if e.strip()]
     reasons = []
@@ -44,12 +46,12 @@ def require_broker(settings: Settings, timeout: float = 3.0) -> str:
             break
         reasons.append(f"{endpoint}: {reason}")
     else:
-        raise BrokerUnavailable(f"no Kafka broker answers at {bootstrap} ({'; '.join(reasons) or 'no host:port given'}); {fix}")
+        raise BrokerUnavailable(f"no Kafka broker answers at {bootstrap} ({'; '.join(reasons) or 'no host:port given'}); {_FIX}")
     adm = admin(settings)
     try:
         md = adm.list_topics(timeout=max(0.5, deadline - time.monotonic()))
     except KafkaException as exc:
-        raise BrokerUnavailable(f"no Kafka broker answers at {bootstrap} ({exc.args[0].str()}); {fix}") from None
+        raise BrokerUnavailable(f"no Kafka broker answers at {bootstrap} ({exc.args[0].str()}); {_FIX}") from None
     return f"{len(md.brokers)} broker(s), cluster {md.cluster_id}, {broker_version(adm, md, timeout=2.0)}"
 
 
@@ -96,7 +98,13 @@ def ensure_topics(settings: Settings, bases: Iterable[str] | None = None, timeou
     specs = registry(settings.partitions)
     bases = list(bases) if bases is not None else list(specs)
     adm = admin(settings)
-    existing = set(adm.list_topics(timeout=timeout).topics)
+    try:
+        existing = set(adm.list_topics(timeout=timeout).topics)
+    except KafkaException as exc:
+        if exc.args[0].code() != KafkaError._TRANSPORT:
+            raise
+        raise BrokerUnavailable(f"no Kafka broker answers at {settings.kafka_bootstrap} within {timeout:g} s "
+                                f"({exc.args[0].str()}); {_FIX}") from None
     new = []
     for base in bases:
         spec = specs[base]

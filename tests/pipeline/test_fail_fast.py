@@ -143,3 +143,29 @@ def test_an_old_clickhouse_server_is_refused_by_name_and_version():
     finally:
         server.shutdown()
         server.server_close()
+
+
+def test_ensure_topics_without_a_broker_is_broker_unavailable():
+    from infra.kafka_io import ensure_topics
+    port = _closed_port()
+    settings = load_settings(env={"SMC_KAFKA_BOOTSTRAP": f"127.0.0.1:{port}"})
+    with pytest.raises(BrokerUnavailable, match=rf"no Kafka broker answers at 127.0.0.1:{port} within 1 s"):
+        ensure_topics(settings, timeout=1.0)
+
+
+def test_standalone_processes_without_a_broker_say_so_in_one_line(tmp_path):
+    """`smc executor run` and `smc ingest audit` (the live supervisor's children, which wait out a broker
+    blip for 30 s) end with one line and exit 2, not a traceback."""
+    port = _closed_port()
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("SMC_", "BINANCE_"))}
+    env.update(PYTHONPATH=str(REPO_ROOT), SMC_CREDIT="0", SMC_KAFKA_BOOTSTRAP=f"127.0.0.1:{port}",
+               SMC_DATA_DIR=str(tmp_path), SMC_CLICKHOUSE_DSN=f"chdb://{tmp_path / 'chdb'}")
+    procs = {name: subprocess.Popen([sys.executable, "-m", "infra.cli", *argv], env=env, cwd=REPO_ROOT, text=True,
+                                    stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+             for name, argv in (("executor run", ["executor", "run"]), ("ingest audit", ["ingest", "audit"]))}
+    for name, proc in procs.items():
+        out, err = proc.communicate(timeout=90)
+        assert proc.returncode == 2, (name, out, err)
+        assert err.strip().splitlines() == [err.strip()] and "Traceback" not in err, err
+        assert err.startswith(f"{name}: no Kafka broker answers at 127.0.0.1:{port} within 30 s"), err
+        assert "set SMC_KAFKA_BOOTSTRAP" in err
