@@ -47,8 +47,13 @@ def main(argv: list[str] | None = None) -> int:
         print("--live needs SMC_LIVE_TRADING=1 as well", file=sys.stderr)
         return 2
     from executor.service import run_executor
-    stats = run_executor(settings, until_idle=args.until_idle, idle_s=args.idle_s, live=args.live,
-                         install_signals=True)
+    from infra.kafka_io import BrokerUnavailable
+    try:
+        stats = run_executor(settings, until_idle=args.until_idle, idle_s=args.idle_s, live=args.live,
+                             install_signals=True)
+    except BrokerUnavailable as exc:   # before any work: the topics could not even be listed
+        print(f"executor run: {exc}", file=sys.stderr)
+        return 2
     print(f"executor: {stats.signals} signals, {stats.orders} order records, {stats.rejects} rejects, "
           f"{stats.batches} transactions, {stats.signals_per_s:.0f} signals/s")
     return 0

@@ -13,7 +13,7 @@ from typing import Iterator
 from rich.console import Console
 
 from infra.pipeline import DEFAULT_DAYS, DEFAULT_INTERVAL
-from infra.settings import REPO_ROOT, SettingsError, load_settings
+from infra.settings import REPO_ROOT, SettingsError, describe, load_settings, resolve_settings
 
 
 # --- user input, checked where it is read: a bad value is an argparse error (exit 2) naming the option ---
@@ -26,6 +26,18 @@ def _when(value: str) -> int:
         raise argparse.ArgumentTypeError(f"{value!r} is not a date: use an ISO date or datetime "
                                          "(2026-11-01, 2026-11-01T12:30, 2026-11-01T12:30+02:00) "
                                          "or epoch milliseconds") from None
+
+
+def _days(value: str) -> float:
+    """--days: a positive number of days (0 used to mean "all the data" without a word)."""
+    try:
+        days = float(value)
+    except ValueError:
+        days = float("nan")
+    if not days > 0 or days == float("inf"):
+        raise argparse.ArgumentTypeError(f"{value!r} is not a positive number of days (e.g. 1, 0.5, 30); "
+                                         "all the data: --full (smc run) or --start/--end")
+    return days
 
 
 def _interval_of(files: list[str] | None, given: str | None) -> str:
@@ -340,6 +352,28 @@ def cmd_data_download(args) -> int:
     return 0
 
 
+def cmd_config_show(args) -> int:
+    """The effective settings, each with its source; secrets masked (set / not set only)."""
+    flags: dict[str, tuple[object, str]] = {}
+    if args.scorer == "heuristic":
+        flags["model_path"] = ("", "--scorer heuristic")
+    if args.interval:
+        flags["interval"] = (args.interval, "--interval")
+    settings, sources = resolve_settings(args.config, flags=flags)
+    rows = describe(settings, sources)
+    if args.format == "json":
+        import orjson
+        sys.stdout.write(orjson.dumps([{"setting": n, "value": v, "source": src} for n, v, src in rows],
+                                      option=orjson.OPT_INDENT_2).decode() + "\n")
+        return 0
+    width = max(len(n) for n, _, _ in rows)
+    vwidth = min(60, max(len(v) for _, v, _ in rows))
+    print(f"{'setting':<{width}}  {'value':<{vwidth}}  source")
+    for name, value, source in rows:
+        print(f"{name:<{width}}  {value:<{vwidth}}  {source}")
+    return 0
+
+
 def cmd_health(args) -> int:
     import time
     import orjson
@@ -497,7 +531,7 @@ def main(argv: list[str] | None = None) -> int:
     r.add_argument("--symbols", help="comma-separated symbols (default: all symbols of the files, or --top)")
     r.add_argument("--top", type=int, default=None,
                    help="only the N symbols with the most notional in the day BEFORE the period (point in time)")
-    r.add_argument("--days", type=float, default=DEFAULT_DAYS,
+    r.add_argument("--days", type=_days, default=DEFAULT_DAYS,
                    help=f"the last N days of the data (default {DEFAULT_DAYS:g}: the main job in ~3 min on 2 cores)")
     r.add_argument("--start", type=_when, help="period start (ISO date/datetime, UTC, or epoch ms)")
     r.add_argument("--end", type=_when, help="period end, exclusive (ISO date/datetime, UTC, or epoch ms)")
@@ -522,7 +556,7 @@ def main(argv: list[str] | None = None) -> int:
     bt.add_argument("--symbols", help="comma-separated symbols (default: all symbols of the files, or --top)")
     bt.add_argument("--top", type=int, default=None,
                     help="the N symbols with the most notional the day before the period (point in time)")
-    bt.add_argument("--days", type=float, default=30, help="the last N days of the data (default 30)")
+    bt.add_argument("--days", type=_days, default=30, help="the last N days of the data (default 30)")
     bt.add_argument("--start", type=_when, help="period start (ISO date/datetime, UTC, or epoch ms)")
     bt.add_argument("--end", type=_when, help="period end, exclusive (ISO date/datetime, UTC, or epoch ms)")
     bt.add_argument("--interval", help="bar interval of the files (default: from the file name, e.g. 1m)")
@@ -542,7 +576,7 @@ def main(argv: list[str] | None = None) -> int:
 
     sw = sub.add_parser("sweep", help="research: a grid over the executor's knobs, walk-forward, deflated Sharpe, PBO")
     for name, kw in (("--files", dict(nargs="*")), ("--symbols", {}), ("--top", dict(type=int, default=6)),
-                     ("--days", dict(type=float, default=14)), ("--start", {}), ("--end", {}), ("--interval", {}),
+                     ("--days", dict(type=_days, default=14)), ("--start", {}), ("--end", {}), ("--interval", {}),
                      ("--scorer", dict(choices=["model", "heuristic"], default="heuristic")), ("--report-dir", {}),
                      ("--workers", dict(type=int, default=2)), ("--windows", dict(type=int, default=4))):
         sw.add_argument(name, **kw)
@@ -553,7 +587,7 @@ def main(argv: list[str] | None = None) -> int:
     la.add_argument("--data", default="perps_1m_2025-05",
                     help="a recorded data set under ingest/recorded (name without .parquet) or a file path")
     la.add_argument("--symbols", help="comma-separated symbols (default: all of the data)")
-    la.add_argument("--days", type=float, default=1, help="the last N days of the data (default 1)")
+    la.add_argument("--days", type=_days, default=1, help="the last N days of the data (default 1)")
     la.add_argument("--start", type=_when, help="period start (ISO date/datetime, UTC, or epoch ms)")
     la.add_argument("--end", type=_when, help="period end, exclusive")
     la.add_argument("--interval", help="bar interval of the data (default: from the file name)")
@@ -625,6 +659,22 @@ def main(argv: list[str] | None = None) -> int:
     dl.add_argument("--overwrite", action="store_true", help="replace existing files of the same period")
     dl.add_argument("--no-progress", action="store_true")
     dl.set_defaults(fn=cmd_data_download)
+
+    cf = sub.add_parser("config", help="the effective settings (smc config show --help)")
+    csub = cf.add_subparsers(dest="config_cmd", required=True)
+    cs = csub.add_parser("show", help="print every setting with its value and source (default, the TOML file, "
+                         "an SMC_* / BINANCE_* variable, or a flag); secrets masked",
+                         description="Layers, lowest first: defaults, the TOML file (--config or SMC_CONFIG), "
+                         "SMC_* environment variables, flags. Secrets (BINANCE_API_KEY / BINANCE_API_SECRET) show "
+                         "as set or not set, never their value; a DSN's password is masked. Exit 2 on an unknown "
+                         "TOML key or a value of the wrong type.",
+                         epilog="examples: smc --config smc.toml config show; SMC_PARTITIONS=3 smc config show "
+                         "--format json; smc config show --scorer heuristic --interval 5m")
+    cs.add_argument("--scorer", choices=["model", "heuristic"], default="model",
+                    help="as `smc run --scorer`: heuristic clears model_path")
+    cs.add_argument("--interval", type=_interval_name, help="as `smc run --interval`")
+    cs.add_argument("--format", choices=["table", "json"], default="table")
+    cs.set_defaults(fn=cmd_config_show)
 
     hc = sub.add_parser("health", help="one line on the live run (live/status.json); exit 0 healthy, 1 not")
     hc.add_argument("--max-age", type=float, default=30.0,

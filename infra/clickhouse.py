@@ -45,10 +45,28 @@ class ClickHouseUnavailable(RuntimeError):
 _SCHEMES = ("chdb://", "http://", "https://", "clickhouse://")
 
 
+# clickhouse-connect's compatibility table (its docs, as of 0.9.2; 1.12 is installed) marks ClickHouse
+# 25.3 LTS and later supported and older lines "partial"; 18.16 (the only server Debian ships here) fails
+# inside the driver's own connect sequence ("Unknown identifier: readonly", issue 19).
+MIN_SERVER_VERSION = (25, 3)
+
+
+def server_version_refusal(version: str, minimum: tuple[int, int] = MIN_SERVER_VERSION) -> str | None:
+    """Why a ClickHouse server of `version` (SELECT version(), e.g. "25.8.2.29" or
+    "22.8.15.25.altinitystable") is refused, or None when it is supported. Pure."""
+    parts = [int(p) for p in version.strip().split(".")[:2] if p.isdigit()]
+    if len(parts) < 2:
+        return f"ClickHouse server version {version!r} is not major.minor[...]; cannot tell whether it is supported"
+    if tuple(parts) < minimum:
+        return (f"ClickHouse server {version} is older than {minimum[0]}.{minimum[1]}, the oldest clickhouse-connect "
+                f"supports; upgrade the server, or unset SMC_CLICKHOUSE_DSN for the embedded chDB")
+    return None
+
+
 def check_dsn(dsn: str, timeout: float = 3.0) -> str:
     """Before any work: the DSN names a usable ClickHouse, within `timeout` seconds. Returns what was
-    found ("chDB <path>" or "server <version>"); raises ClickHouseUnavailable otherwise. The embedded
-    engine is not opened here (one chDB engine per process: the audit phase opens it)."""
+    found ("chDB <version> <path>" or "server <version> at <url>"); raises ClickHouseUnavailable otherwise.
+    The embedded engine is not opened here (one chDB engine per process: the audit phase opens it)."""
     if not dsn.startswith(_SCHEMES):
         raise ClickHouseUnavailable(f"SMC_CLICKHOUSE_DSN={dsn!r}: not a ClickHouse DSN; use chdb:///path "
                                     "(embedded) or http://host:8123 (a server)")
@@ -59,26 +77,58 @@ def check_dsn(dsn: str, timeout: float = 3.0) -> str:
                 os.makedirs(path, exist_ok=True)
             except OSError as exc:
                 raise ClickHouseUnavailable(f"SMC_CLICKHOUSE_DSN={dsn!r}: cannot create {path}: {exc.strerror}") from None
-        return f"chDB {path or 'memory'}"
+        from importlib.metadata import version   # not `import chdb`: that loads the engine
+        return f"chDB {version('chdb')} (embedded) at {path or 'memory'}"
     import logging
+    from infra.settings import shown
+    where = shown("clickhouse_dsn", dsn)   # a DSN may carry a password: never in a message
     driver_log = logging.getLogger("clickhouse_connect")
     level = driver_log.level
     driver_log.setLevel(logging.CRITICAL)   # the failure is said once, below, not also by the driver's logger
     try:
         client = clickhouse_connect.get_client(dsn=dsn, connect_timeout=timeout, send_receive_timeout=timeout,
                                                query_retries=0)
-    except Exception as exc:   # the driver's own message says why (refused, DNS, auth)
+    except Exception as exc:   # the driver's own message says why (refused, DNS, auth, an old server)
+        version = _server_version_over_http(dsn, timeout)
+        refusal = version and server_version_refusal(version)
+        if refusal:
+            raise ClickHouseUnavailable(f"{where}: {refusal}") from None
         text = str(exc) or type(exc).__name__
         errno = re.search(r"\[Errno -?\d+\][^\"')]*", text)
         reason = errno.group(0).strip() if errno else text.splitlines()[0][:300]
-        raise ClickHouseUnavailable(f"no ClickHouse server at {dsn} ({reason}); start it, fix "
+        raise ClickHouseUnavailable(f"no ClickHouse server at {where} ({reason}); start it, fix "
                                     "SMC_CLICKHOUSE_DSN, or unset it for the embedded chDB") from None
     finally:
         driver_log.setLevel(level)
     try:
-        return f"server {client.server_version}"
+        refusal = server_version_refusal(client.server_version or "")
+        if refusal:
+            raise ClickHouseUnavailable(f"{where}: {refusal}")
+        return f"server {client.server_version} at {where}"
     finally:
         client.close()
+
+
+def _server_version_over_http(dsn: str, timeout: float) -> str | None:
+    """SELECT version() over the bare HTTP interface (every server version has it), for naming a server the
+    driver cannot talk to; None when that fails too (a dead server, not an old one)."""
+    import base64
+    import urllib.request
+    from urllib.parse import quote, unquote, urlsplit
+    parts = urlsplit(dsn)
+    secure = parts.scheme == "https"
+    port = parts.port or (8443 if secure else 8123)
+    url = f"{'https' if secure else 'http'}://{parts.hostname}:{port}/?query={quote('SELECT version()')}"
+    request = urllib.request.Request(url)
+    if parts.username:
+        token = f"{unquote(parts.username)}:{unquote(parts.password or '')}".encode()
+        request.add_header("Authorization", "Basic " + base64.b64encode(token).decode())
+    try:
+        with urllib.request.urlopen(request, timeout=timeout) as response:
+            text = response.read(200).decode("utf-8", "replace").strip()
+    except Exception:
+        return None
+    return text if re.fullmatch(r"\d+(\.\w+)+", text) else None
 
 
 def run_database(namespace: str) -> str:

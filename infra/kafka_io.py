@@ -29,14 +29,60 @@ class BrokerUnavailable(RuntimeError):
     """No Kafka broker answers at the configured bootstrap: said within seconds, with the fix."""
 
 
-def require_broker(settings: Settings, timeout: float = 5.0) -> None:
-    """Fail fast (within `timeout` s) when no broker answers a metadata request at settings.kafka_bootstrap."""
+_FIX = "set SMC_KAFKA_BOOTSTRAP to the broker's host:port, or `smc broker start` starts the local one"
+
+
+def require_broker(settings: Settings, timeout: float = 3.0) -> str:
+    """Fail fast, before any work: within about `timeout` s, a BrokerUnavailable naming the bootstrap and
+    the fix unless a broker answers a metadata request at settings.kafka_bootstrap. Returns what answered
+    (cluster, brokers and, when the broker reports it, its inter-broker protocol version) for the log."""
+    bootstrap = settings.kafka_bootstrap
+    deadline = time.monotonic() + timeout
+    endpoints = [e.strip() for e in bootstrap.split(",") if e.strip()]
+    reasons = []
+    for endpoint in endpoints:   # TCP first: a refused port is said at once, not after librdkafka's retries
+        reason = _tcp_refusal(endpoint, max(0.2, deadline - time.monotonic()))
+        if reason is None:
+            break
+        reasons.append(f"{endpoint}: {reason}")
+    else:
+        raise BrokerUnavailable(f"no Kafka broker answers at {bootstrap} ({'; '.join(reasons) or 'no host:port given'}); {_FIX}")
+    adm = admin(settings)
     try:
-        admin(settings).list_topics(timeout=timeout)
+        md = adm.list_topics(timeout=max(0.5, deadline - time.monotonic()))
     except KafkaException as exc:
-        raise BrokerUnavailable(f"no Kafka broker answers at {settings.kafka_bootstrap} ({exc.args[0].str()}); "
-                                "set SMC_KAFKA_BOOTSTRAP to the run's broker, or `smc broker start` "
-                                "starts the local one") from None
+        raise BrokerUnavailable(f"no Kafka broker answers at {bootstrap} ({exc.args[0].str()}); {_FIX}") from None
+    return f"{len(md.brokers)} broker(s), cluster {md.cluster_id}, {broker_version(adm, md, timeout=2.0)}"
+
+
+def _tcp_refusal(endpoint: str, timeout: float) -> str | None:
+    """None when host:port accepts a TCP connection within `timeout`, else why not."""
+    import socket
+    host, _, port = endpoint.rpartition(":")
+    if not host or not port.isdigit():
+        return "not host:port"
+    try:
+        with socket.create_connection((host.strip("[]"), int(port)), timeout=timeout):
+            return None
+    except OSError as exc:
+        return exc.strerror or type(exc).__name__
+
+
+def broker_version(adm: AdminClient, md, timeout: float) -> str:
+    """What the broker says of its version: Kafka exposes no version call to clients; its
+    `inter.broker.protocol.version` config (e.g. 3.9-IV0, the release's protocol by default; Kafka 3.x)
+    is the closest. Best effort: "version not reported" when the config is absent or not readable."""
+    from confluent_kafka.admin import ConfigResource, ResourceType
+    if not md.brokers:
+        return "version not reported"
+    resource = ConfigResource(ResourceType.BROKER, str(min(md.brokers)))
+    try:
+        configs = adm.describe_configs([resource], request_timeout=timeout)[resource].result(timeout=timeout)
+    except Exception:   # an ACL or an old broker: the version is a nicety, the metadata answer was the check
+        return "version not reported"
+    entry = configs.get("inter.broker.protocol.version")
+    return f"inter.broker.protocol.version {entry.value}" if entry is not None and entry.value else \
+        "version not reported"
 
 
 def topic(settings: Settings, base: str) -> str:
@@ -52,7 +98,13 @@ def ensure_topics(settings: Settings, bases: Iterable[str] | None = None, timeou
     specs = registry(settings.partitions)
     bases = list(bases) if bases is not None else list(specs)
     adm = admin(settings)
-    existing = set(adm.list_topics(timeout=timeout).topics)
+    try:
+        existing = set(adm.list_topics(timeout=timeout).topics)
+    except KafkaException as exc:
+        if exc.args[0].code() != KafkaError._TRANSPORT:
+            raise
+        raise BrokerUnavailable(f"no Kafka broker answers at {settings.kafka_bootstrap} within {timeout:g} s "
+                                f"({exc.args[0].str()}); {_FIX}") from None
     new = []
     for base in bases:
         spec = specs[base]

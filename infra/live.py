@@ -456,12 +456,17 @@ def run_live(settings: Settings, console: Console | None = None, trade_live: boo
     broker = None
     rc = 0
     try:
-        try:
+        from infra.clickhouse import ClickHouseUnavailable, check_dsn
+        try:   # before anything starts: the audit child would die on it after the broker's start-up
+            console.print(f"[bold]ClickHouse[/] {check_dsn(settings.clickhouse_dsn)}")
             broker = BrokerHandle(settings, explicit_broker)
+        except (ClickHouseUnavailable, kafka_io.BrokerUnavailable) as exc:
+            console.print(f"[red]error:[/] {exc}")
+            return 2
         except Exception as exc:
             console.print(f"[red]error:[/] no Kafka broker at {settings.kafka_bootstrap} and none could be started: {exc}")
             return 1
-        console.print(f"[bold]Kafka[/] {settings.kafka_bootstrap} ({broker.how})"
+        console.print(f"[bold]Kafka[/] {settings.kafka_bootstrap} ({broker.how}; {broker.found})"
                       + (f", namespace [cyan]{settings.namespace}[/]" if settings.namespace else ""))
         kafka_io.ensure_topics(settings)
         ensure_executor_topics(settings)

@@ -156,16 +156,19 @@ def run_backtest(settings: Settings, plan: BacktestPlan, *, explicit_broker: boo
 
     from infra.clickhouse import ClickHouseUnavailable, check_dsn
     try:   # before the broker: a dead DSN is said in seconds, not after the whole run
-        check_dsn(settings.clickhouse_dsn)
+        clickhouse_found = check_dsn(settings.clickhouse_dsn)
     except ClickHouseUnavailable as exc:
         raise PipelineError(str(exc)) from None
+    console.print(f"[bold]ClickHouse[/] {clickhouse_found}")
     t0 = time.monotonic()
     try:
         broker = BrokerHandle(base_settings, explicit_broker)   # the broker's data outlives the run
+    except kafka_io.BrokerUnavailable as exc:
+        raise PipelineError(str(exc)) from None
     except Exception as exc:
         raise PipelineError(f"no Kafka broker at {settings.kafka_bootstrap} and none could be started: {exc}") from exc
     t["broker_s"] = time.monotonic() - t0
-    console.print(f"[bold]Kafka[/] {settings.kafka_bootstrap} ({broker.how}); run namespace [cyan]{ns}[/]")
+    console.print(f"[bold]Kafka[/] {settings.kafka_bootstrap} ({broker.how}; {broker.found}); run namespace [cyan]{ns}[/]")
     worker = None
     try:
         kafka_io.ensure_topics(settings)

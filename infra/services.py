@@ -12,6 +12,7 @@ from pathlib import Path
 import orjson
 
 from infra import local_broker
+from infra.kafka_io import BrokerUnavailable, require_broker
 from infra.settings import REPO_ROOT, Settings, to_env
 
 
@@ -31,8 +32,8 @@ class BrokerHandle:
         self.settings = settings
         self.holds_slot = False
         self.how = "configured"
-        if explicit:
-            local_broker.wait_ready(settings.kafka_bootstrap, timeout=60)
+        if explicit:   # the user named it: it answers within seconds or the run stops here, with the fix
+            self.found = require_broker(settings)
             return
         host, port = settings.kafka_bootstrap.rsplit(":", 1)
         self.home = Path(settings.data_dir) / "kafka"
@@ -50,6 +51,11 @@ class BrokerHandle:
             _, started = local_broker.acquire(int(port), self.home)
             self.holds_slot = True
             self.how = "local KRaft broker (Maven Central jars)" if started else "already running"
+        try:
+            self.found = require_broker(settings)   # what answers, with its version, for the start-up log
+        except BrokerUnavailable:
+            self.stop()
+            raise
 
     def stop(self) -> None:
         """Release this run's slot: the broker stops only when no other run uses it (and a run started it)."""

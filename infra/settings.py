@@ -10,6 +10,8 @@ import os
 import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Mapping
+from urllib.parse import urlsplit, urlunsplit
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 
@@ -51,7 +53,7 @@ class Settings:
         return dataclasses.replace(self, **changes)
 
 
-_SECRET_ENV = {"api_key": "BINANCE_API_KEY", "api_secret": "BINANCE_API_SECRET"}
+SECRET_ENV = {"api_key": "BINANCE_API_KEY", "api_secret": "BINANCE_API_SECRET"}
 
 
 class SettingsError(ValueError):
@@ -93,7 +95,16 @@ def _coerce(name: str, raw: str | int | float | bool, default, source: str = "SM
     return raw
 
 
-def load_settings(config_file: str | os.PathLike | None = None, env: dict[str, str] | None = None) -> Settings:
+def load_settings(config_file: str | os.PathLike | None = None, env: Mapping[str, str] | None = None) -> Settings:
+    return resolve_settings(config_file, env)[0]
+
+
+def resolve_settings(config_file: str | os.PathLike | None = None, env: Mapping[str, str] | None = None,
+                     flags: Mapping[str, tuple[object, str]] | None = None) -> tuple[Settings, dict[str, str]]:
+    """The effective settings and, per setting, where its value came from: "default", the TOML file's
+    path, the environment variable's name, or "flag --NAME". Layers, lowest first: defaults, the TOML
+    file (config_file, else SMC_CONFIG), SMC_* variables, then `flags` ({setting: (value, flag name)},
+    values already typed by the command line's parser)."""
     env = os.environ if env is None else env
     config_file = config_file or env.get("SMC_CONFIG")
     file_values: dict = {}
@@ -108,28 +119,61 @@ def load_settings(config_file: str | os.PathLike | None = None, env: dict[str, s
         unknown = sorted(set(file_values) - {f.name for f in dataclasses.fields(Settings)})
         if unknown:   # a typo must not be silently ignored
             raise SettingsError(f"unknown setting(s) {unknown} in {config_file}; known: "
-                                + ", ".join(f.name for f in dataclasses.fields(Settings) if f.name not in _SECRET_ENV))
-        leaked = set(file_values) & set(_SECRET_ENV)
+                                + ", ".join(f.name for f in dataclasses.fields(Settings) if f.name not in SECRET_ENV))
+        leaked = set(file_values) & set(SECRET_ENV)
         if leaked:
             raise SettingsError(f"secrets {sorted(leaked)} must come from the environment, not {config_file}")
     base = Settings()
-    values = {}
+    values, sources = {}, {}
     for f in dataclasses.fields(Settings):
         default = getattr(base, f.name)
-        if f.name in _SECRET_ENV:
-            values[f.name] = env.get(_SECRET_ENV[f.name], "")
+        if f.name in SECRET_ENV:
+            var = SECRET_ENV[f.name]
+            values[f.name], sources[f.name] = (env[var], var) if var in env else ("", "default")
             continue
         var = f"SMC_{f.name.upper()}"
-        raw, source = (env[var], var) if var in env else (file_values.get(f.name), str(config_file))
-        values[f.name] = default if raw is None else _coerce(f.name, raw, default, source, typed=var not in env)
-    return Settings(**values)
+        if var in env:
+            values[f.name], sources[f.name] = _coerce(f.name, env[var], default, var), var
+        elif f.name in file_values:
+            values[f.name] = _coerce(f.name, file_values[f.name], default, str(config_file), typed=True)
+            sources[f.name] = str(config_file)
+        else:
+            values[f.name], sources[f.name] = default, "default"
+    for name, (value, flag) in (flags or {}).items():
+        if name not in values or name in SECRET_ENV:
+            raise ValueError(f"{flag} does not set a known setting ({name!r})")   # a programming error
+        values[name], sources[name] = value, f"flag {flag}"
+    return Settings(**values), sources
+
+
+_MASK = "********"
+
+
+def shown(name: str, value) -> str:
+    """A setting's value as it may be printed: a secret only as set / not set (never any of its
+    characters), a URL's password replaced (a DSN may carry one)."""
+    if name in SECRET_ENV:
+        return f"{_MASK} (set)" if value else "(not set)"
+    text = str(value)
+    if "://" in text and "@" in text:
+        parts = urlsplit(text)
+        if parts.password is not None:
+            host = parts.netloc.rsplit("@", 1)[1]
+            text = urlunsplit(parts._replace(netloc=f"{parts.username or ''}:{_MASK}@{host}"))
+    return text
+
+
+def describe(settings: Settings, sources: Mapping[str, str]) -> list[tuple[str, str, str]]:
+    """(setting, printable value, source) for every setting, in declaration order: `smc config show`."""
+    return [(f.name, shown(f.name, getattr(settings, f.name)), sources.get(f.name, "default"))
+            for f in dataclasses.fields(Settings)]
 
 
 def to_env(settings: Settings) -> dict[str, str]:
     """The SMC_* environment that makes a child process load the same settings (secrets excluded)."""
     env = {}
     for f in dataclasses.fields(Settings):
-        if f.name in _SECRET_ENV:
+        if f.name in SECRET_ENV:
             continue
         value = getattr(settings, f.name)
         env[f"SMC_{f.name.upper()}"] = ("1" if value else "0") if isinstance(value, bool) else str(value)

@@ -77,6 +77,15 @@ def main(argv: list[str] | None = None) -> int:
     from infra.logs import setup_logging     # text, or JSON lines with SMC_LOG_FORMAT=json
     setup_logging("sink" if args.cmd == "audit" else "ingest", logging.DEBUG if args.verbose else logging.INFO,
                   run=settings.namespace)
+    from infra.kafka_io import BrokerUnavailable
+    try:
+        return _run(args, settings)
+    except BrokerUnavailable as exc:   # the topics could not even be listed: one line, not a traceback
+        print(f"ingest {args.cmd}: {exc}", file=sys.stderr)
+        return 2
+
+
+def _run(args, settings) -> int:
 
     if args.cmd == "replay":
         from ingest.replay import ReplayError, replay

@@ -238,3 +238,42 @@ def test_endpoints_ready_while_streams_flow_not_when_silent(settings):
                 assert probe(port, "/ready")[0] == 200
         finally:
             server.close()
+
+
+@pytest.mark.kafka
+@pytest.mark.timeout(120)
+def test_startup_backfill_then_the_same_bars_on_the_websocket_are_dropped_not_dlq(settings):
+    """Issue 19: at start-up each symbol's closed bars come from REST, then the WebSocket delivers the same
+    bars again. Identical re-deliveries are dropped and counted (smc_ingest_duplicates_total), never a dlq
+    record; the same open time with other numbers still is one."""
+    import orjson
+    from prometheus_client.core import CollectorRegistry
+    from ingest import metrics
+    names = universe_names(4)
+    with FakeBinance(build_exchange_info(names)) as fb:
+        t0 = fb.origin_ms
+        fb.advance(2 * STEP)                 # bars 0 and 1 closed before the ingest starts: REST has them
+        svc = _svc(settings, fb)
+        with ServiceThread(svc):
+            wait_for(lambda: svc.core is not None and svc.core.stats.backfilled >= 8 and _all_connected(svc, fb, 4), 30,
+                     "start-up backfill and connections")
+            fb.publish()                     # the WebSocket now closes bars 0 and 1: the bars just backfilled
+            fb.publish()
+            fb.publish()                     # bar 2: new
+            wait_for(lambda: svc.core.stats.produced >= 12 and svc.core.stats.duplicates >= 8, 20, "bars 0-2")
+            conflicting = orjson.loads(fb.event(names[0], t0 + STEP, True))
+            conflicting["data"]["k"]["v"] = "123.5"                  # bar 1 again, other numbers
+            fb.inject(orjson.dumps(conflicting).decode(), symbol=names[0])
+            wait_for(lambda: svc.core.stats.rejected >= 1, 20, "the conflict rejected")
+            registry = CollectorRegistry()
+            registry.register(metrics.collector(svc.figures))
+            scraped = registry.get_sample_value("smc_ingest_duplicates_total")
+        st = svc.core.stats
+        assert st.produced == 12 and st.backfilled == 8 and st.duplicates == 8, st
+        assert st.rejected == 1 and st.conflicts == 1 and st.reasons == {"conflict": 1}, st
+        assert scraped == 8.0
+        rej = rejects_of(read_topic(settings, "dlq", "t-start-dlq", expect=1))
+        assert len(rej) == 1 and "conflicting duplicate bar" in rej[0].reason and "duplicate bar" in rej[0].reason
+        ks = klines_of(read_topic(settings, "klines", "t-start", expect=12))
+        assert sorted((k.symbol, k.open_time, k.source) for k in ks) == sorted(
+            [(s, t0 + i * STEP, "backfill") for s in names for i in (0, 1)] + [(s, t0 + 2 * STEP, "live") for s in names])

@@ -30,7 +30,7 @@ from fakes.fake_binance import FakeBinance, build_exchange_info
 from infra import kafka_io
 from infra.live import LiveError, check_trading, group_lag, run_live
 from infra.settings import REPO_ROOT
-from schemas import decode_kline, decode_signal
+from schemas import decode_kline, decode_reject, decode_signal
 
 STEP = 60_000
 NAMES = ["BTCUSDT", "ETHUSDT", "SOLUSDT", "BNBUSDT", "XRPUSDT"]
@@ -181,6 +181,10 @@ def test_live_mode_end_to_end(settings, tmp_path):
     assert len(keys) == len(set(keys)) == n_klines
     assert set(keys) == {(n, origin + i * STEP) for n in NAMES for i in range(BARS)}
     assert {k.source for k in ks} == {"live"}
+    # nothing in the dlq: no stage (ingest, processors, executor) saw a bar twice or a bad record
+    dlq = [decode_reject(m.value()) for m in kafka_io.read_topic(s, "dlq")]
+    assert dlq == [], [(r.stage, r.reason) for r in dlq[:5]]
+    assert "ClickHouse chDB" in out.getvalue() and "inter.broker.protocol.version" in out.getvalue()
 
     # signals: one 1m signal per kline, plus one per closed 5m bar
     sigs = [decode_signal(m.value()) for m in kafka_io.read_topic(s, "signals")]
