@@ -143,6 +143,11 @@ def resolve_settings(config_file: str | os.PathLike | None = None, env: Mapping[
         if name not in values or name in SECRET_ENV:
             raise ValueError(f"{flag} does not set a known setting ({name!r})")   # a programming error
         values[name], sources[name] = value, f"flag {flag}"
+    if sources["clickhouse_dsn"] == "default":
+        # the embedded audit trail lives with the run's other data: under SMC_DATA_DIR, as the docs say
+        values["clickhouse_dsn"] = f"chdb://{Path(values['data_dir']) / 'chdb'}"
+        if sources["data_dir"] != "default":
+            sources["clickhouse_dsn"] = f"default (under data_dir, {sources['data_dir']})"
     return Settings(**values), sources
 
 

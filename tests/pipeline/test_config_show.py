@@ -105,3 +105,14 @@ def test_a_wrong_environment_type_is_named():
         resolve_settings(env={"SMC_PARTITIONS": "six"})
     res = _smc("config", "show", env={"SMC_PARTITIONS": "six"})
     assert res.returncode == 2 and "SMC_PARTITIONS" in res.stderr and "'six'" in res.stderr
+
+
+def test_the_embedded_audit_trail_follows_the_data_dir(tmp_path):
+    """The default DSN is chDB under SMC_DATA_DIR (a run with its own data dir must not write the repo's
+    var/); a DSN given explicitly is kept as given."""
+    s, src = resolve_settings(env={"SMC_DATA_DIR": str(tmp_path)})
+    assert s.clickhouse_dsn == f"chdb://{tmp_path / 'chdb'}" and "SMC_DATA_DIR" in src["clickhouse_dsn"]
+    s, src = resolve_settings(env={})
+    assert s.clickhouse_dsn == f"chdb://{REPO_ROOT / 'var' / 'chdb'}" and src["clickhouse_dsn"] == "default"
+    s, src = resolve_settings(env={"SMC_DATA_DIR": str(tmp_path), "SMC_CLICKHOUSE_DSN": "http://ch:8123"})
+    assert s.clickhouse_dsn == "http://ch:8123" and src["clickhouse_dsn"] == "SMC_CLICKHOUSE_DSN"
