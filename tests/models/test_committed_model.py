@@ -75,3 +75,16 @@ def test_batch_and_streaming_scores_are_identical(scorer):
     assert len(got) == len(want) == 600
     diff = max(abs(got[k] - want[k]) for k in want)
     assert diff <= 1e-12, diff
+
+
+def test_the_shipped_model_was_trained_by_this_code():
+    """The metadata's code_version (sha256 over the feature, label, exit, cost, sizing and training code)
+    equals the code here: a change to any of it must ship a model retrained by it (the training is
+    deterministic, so an unchanged model text is the proof that the change did not alter the model)."""
+    from models.train import code_version
+    meta = json.loads(MODEL.with_suffix(".json").read_text())
+    now = code_version()
+    assert meta["code_version"]["files"] == now["files"]
+    assert meta["code_version"]["sha256"] == now["sha256"], (
+        "the model code changed since lgbm_smc was trained: retrain with the command in lgbm_smc.json "
+        "'reproduce' (about 4 minutes) and commit models/lgbm_smc.{txt,json}")
