@@ -15,7 +15,7 @@ Consume-transform-produce in Kafka transactions (one executor owns one account):
   batch with the same ids (the engine is deterministic; `wall_ts` differs only);
 * live (binance broker): an order sent in an aborted batch is sent again with the SAME client id;
   the Binance broker looks every id up before sending and, for recvWindow + margin after start-up,
-  does not trust "not found" for a MARKET order (the killed process's request may still be in flight:
+  does not trust "not found" (the killed process's request may still be in flight:
   executor.brokers.binance), so the exchange never sees a second order, and `reconcile()` compares
   the restored state with the exchange.
 Order of processing = consumption order: with several partitions, signals of different symbols

@@ -15,10 +15,11 @@
   refuses a request that reaches it after `timestamp + recvWindow`, so "not found" only means "not
   executed" once that moment (exchange clock) plus `unknown_margin_s` has passed. Only then is the
   order re-sent, deliberately, with the SAME client id (once). After a restart the same holds for
-  the pre-send lookup of a MARKET order: the killed process may have a request in flight for that id,
-  so "not found" is trusted only from start-up + recvWindow + margin (`restart_guard_until`). Algo
-  orders are not held back (a second OPEN one with the same clientAlgoId is refused, -4116, and then
-  adopted); one reconciliation when that window ends cancels a predecessor's late orphan.
+  the pre-send lookup: the killed process may have a request in flight for that id, so "not found" is
+  trusted only from start-up + recvWindow + margin (`restart_guard_until`), for MARKET and algo orders
+  alike (Binance refuses a second OPEN algo order with the same clientAlgoId, -4116, but not one that
+  arrives after the first was cancelled or fired: a stop cancelled when the replayed exit closed the
+  position came back as a second, orphaned stop in the SIGKILL chaos test).
   -1021 (timestamp outside recvWindow) resyncs the clock from /fapi/v1/time and
   retries once (the exchange rejected the request unprocessed, so that is safe).
 * Transport: one pooled keep-alive HTTP session (httpx; TCP+TLS set up once per connection, not per
@@ -362,11 +363,10 @@ class BinanceBroker(Broker):
         # A process killed just before this one started may have a request in flight for any id this one
         # re-submits (the service re-processes the uncommitted batch with the same ids); it was signed
         # before now, so it cannot execute after now + recvWindow (+ margin). Until then a "not found"
-        # on the pre-send lookup of a MARKET order is not proof (local clock, seconds; 0 = no guard:
-        # `guard_restart=False` only where no earlier process can have used these ids).
+        # on the pre-send lookup is not proof (local clock, seconds; 0 = no guard: `guard_restart=False`
+        # only where no earlier process can have used these ids).
         self.started_at = client.clock()
         self.restart_guard_until = self.started_at + client.recv_window / 1000 + unknown_margin_s if guard_restart else 0.0
-        self._restart_window_reconciled = not guard_restart
         self.resting: dict[str, Order] = {}          # conditional orders live at the exchange
         self.sends = 0                               # POSTs of new orders (tests: never a second one)
         self.reconcile_due = True                    # start-up; again after an unfinished action
@@ -471,16 +471,21 @@ class BinanceBroker(Broker):
                 return [OrderUpdate(order.client_order_id, "REJECTED", ts, reason=f"{exc.code} {exc.msg}"[:200])]
             raise                                    # halt-class or retries exhausted: the engine decides
 
-    def _submit_market(self, order: Order, ts: int) -> list:
-        lookup = lambda: self.lookup_order(order.symbol, order.client_order_id)   # noqa: E731
+    def _lookup_before_send(self, cid: str, lookup: Callable[[], dict | None]) -> dict | None:
+        """The order with this id at the exchange, or None when it is not there and cannot arrive any more."""
         found = lookup()
         if found is None and self.client.clock() < self.restart_guard_until:
             # a predecessor's request for this id may still execute: wait it out as after an unknown outcome
             log.warning("order %s not found %.1f s after start-up: looked up until a request of the previous "
-                        "process can no longer execute", order.client_order_id, self.client.clock() - self.started_at)
+                        "process can no longer execute", cid, self.client.clock() - self.started_at)
             found, resolved = self._resolve(self._restart_sent_before_ms(), lookup)
             if found is None and not resolved:
-                raise UnknownOutcome(-1007, "lookups failed during the restart window", 0, "GET /fapi/v1/order")
+                raise UnknownOutcome(-1007, "lookups kept failing in the restart window", 0, "lookup")
+        return found
+
+    def _submit_market(self, order: Order, ts: int) -> list:
+        lookup = lambda: self.lookup_order(order.symbol, order.client_order_id)   # noqa: E731
+        found = self._lookup_before_send(order.client_order_id, lookup)
         if found is not None:
             log.warning("order %s already at the exchange (%s): not sent again", order.client_order_id, found.get("status"))
             return self._events(order, found, ts)
@@ -496,7 +501,7 @@ class BinanceBroker(Broker):
         return int(self.started_at * 1000) + self.client.time_offset_ms
 
     def _submit_algo(self, order: Order, ts: int) -> list:
-        found = self.lookup_algo(order.client_order_id)
+        found = self._lookup_before_send(order.client_order_id, lambda: self.lookup_algo(order.client_order_id))
         if found is not None:
             log.warning("algo order %s already at the exchange (%s): not sent again", order.client_order_id, found.get("algoStatus"))
         else:
@@ -506,10 +511,8 @@ class BinanceBroker(Broker):
             try:
                 found = self._send("/fapi/v1/algoOrder", params, lambda: self.lookup_algo(order.client_order_id))
             except OrderRejected as exc:
-                # -4116: an OPEN order already has this clientAlgoId (a predecessor's request landed after our
-                # lookup): it is there; adopt it. Stops are not held back like MARKET orders (protection
-                # first): Binance refuses the second while the first is open, and the reconciliation due
-                # when the restart window ends cancels one that arrived after ours was gone.
+                # -4116: an OPEN order already has this clientAlgoId (another request for it landed after our
+                # lookup): the stop is there, not rejected; adopt it
                 found = self.lookup_algo(order.client_order_id) if exc.code == -4116 else None
                 if found is None:
                     raise
@@ -622,10 +625,6 @@ class BinanceBroker(Broker):
     # --- reconciliation (start-up, after a disconnect): executor.reconcile decides, this executes ------
     def needs_reconcile(self) -> bool:
         """True at start-up, after any lost connection / timeout, and while an action is unfinished."""
-        if not self._restart_window_reconciled and self.client.clock() >= self.restart_guard_until:
-            # a predecessor's late stop may have arrived after ours was cancelled or fired: an orphan
-            self._restart_window_reconciled = True
-            self.reconcile_due = True
         return self.reconcile_due or self.client.disconnects != self._disconnects_seen
 
     def exchange_snapshot(self) -> ExchangeSnapshot:

@@ -28,7 +28,8 @@ TIMEOUT_S = 0.3          # client timeout: the late / hanging faults outlast it
 RECV_WINDOW_MS = 600
 
 
-def _fault(rng: random.Random, fake, endpoint: str) -> str:
+def inject_fault(rng: random.Random, fake, endpoint: str) -> str:
+    """Queue one seeded random fault for the next request to `endpoint`; returns its kind."""
     kind = rng.choice(["reject", "reject", "5xx_executed", "5xx_not_executed", "late", "hang", "429", "1007"])
     if kind == "reject":
         code = rng.choice([-2019, -4014, -1121, -4164] if "algo" in endpoint else [-2019, -4164])
@@ -82,7 +83,7 @@ def run_chaos(fake, orders_target: int, seed: int, fault_rate: float = 0.15) -> 
         px = marks[sym]
         for endpoint in ("POST /fapi/v1/order", "POST /fapi/v1/algoOrder"):
             if rng.random() < fault_rate:
-                faults[_fault(rng, fake, endpoint)] += 1
+                faults[inject_fault(rng, fake, endpoint)] += 1
         side = rng.choice(["long", "short"])
         dist = px * rng.uniform(0.002, 0.01)
         stop, target = (px - dist, px + 2 * dist) if side == "long" else (px + dist, px - 2 * dist)
