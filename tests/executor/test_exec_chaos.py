@@ -2,7 +2,7 @@
 bodies, 5xx with and without execution, execution after the client timed out, answers lost after
 acceptance, 429), stops and targets fired at the exchange, positions opened behind the executor's
 back, and a reconciliation every few trades (as after a reconnect). In-process (engine + Binance
-broker + fake exchange; the executor SIGKILL cases are in tests/executor/test_exec_service_kafka.py).
+broker + fake exchange; the executor process SIGKILLed under chaos: tests/executor/test_exec_chaos_kill.py).
 
 At the end: the exchange's positions equal the executor's, no client id was executed twice, no
 position was uncovered at the exchange longer than the bound, and no exchange error escaped the
