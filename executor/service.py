@@ -14,8 +14,10 @@ Consume-transform-produce in Kafka transactions (one executor owns one account):
   ones, so processing resumes exactly where the last commit left it and re-produces the aborted
   batch with the same ids (the engine is deterministic; `wall_ts` differs only);
 * live (binance broker): an order sent in an aborted batch is sent again with the SAME client id;
-  the Binance broker looks every id up before sending (executor.brokers.binance), so the exchange
-  never sees a second order, and `reconcile()` compares the restored state with the exchange.
+  the Binance broker looks every id up before sending and, for recvWindow + margin after start-up,
+  does not trust "not found" (the killed process's request may still be in flight:
+  executor.brokers.binance), so the exchange never sees a second order, and `reconcile()` compares
+  the restored state with the exchange.
 Order of processing = consumption order: with several partitions, signals of different symbols
 interleave by arrival (per-symbol order is guaranteed by the key). Sizing depends on account equity,
 so bit-identical replays across runs need the signals in one partition or the same arrival order.

@@ -14,7 +14,13 @@
   looked up repeatedly and NOT re-sent while the original request can still execute: Binance
   refuses a request that reaches it after `timestamp + recvWindow`, so "not found" only means "not
   executed" once that moment (exchange clock) plus `unknown_margin_s` has passed. Only then is the
-  order re-sent, deliberately, with the SAME client id (once). -1021 (timestamp outside recvWindow) resyncs the clock from /fapi/v1/time and
+  order re-sent, deliberately, with the SAME client id (once). After a restart the same holds for
+  the pre-send lookup: the killed process may have a request in flight for that id, so "not found" is
+  trusted only from start-up + recvWindow + margin (`restart_guard_until`), for MARKET and algo orders
+  alike (Binance refuses a second OPEN algo order with the same clientAlgoId, -4116, but not one that
+  arrives after the first was cancelled or fired: a stop cancelled when the replayed exit closed the
+  position came back as a second, orphaned stop in the SIGKILL chaos test).
+  -1021 (timestamp outside recvWindow) resyncs the clock from /fapi/v1/time and
   retries once (the exchange rejected the request unprocessed, so that is safe).
 * Transport: one pooled keep-alive HTTP session (httpx; TCP+TLS set up once per connection, not per
   request). A failure to connect means nothing left (not an unknown outcome); a connection lost after
@@ -349,11 +355,18 @@ class BinanceBroker(Broker):
     name = "binance"
 
     def __init__(self, client: BinanceClient, taker_fee: float = 0.0005, unknown_margin_s: float = 1.0,
-                 lookup_interval_s: float = 0.25) -> None:
+                 lookup_interval_s: float = 0.25, guard_restart: bool = True) -> None:
         self.client = client
         self.taker_fee = taker_fee
         self.unknown_margin_s = unknown_margin_s      # beyond timestamp + recvWindow (clock error, queues)
         self.lookup_interval_s = lookup_interval_s
+        # A process killed just before this one started may have a request in flight for any id this one
+        # re-submits (the service re-processes the uncommitted batch with the same ids); it was signed
+        # before now, so it cannot execute after now + recvWindow (+ margin). Until then a "not found"
+        # on the pre-send lookup is not proof (local clock, seconds; 0 = no guard: `guard_restart=False`
+        # only where no earlier process can have used these ids).
+        self.started_at = client.clock()
+        self.restart_guard_until = self.started_at + client.recv_window / 1000 + unknown_margin_s if guard_restart else 0.0
         self.resting: dict[str, Order] = {}          # conditional orders live at the exchange
         self.sends = 0                               # POSTs of new orders (tests: never a second one)
         self.reconcile_due = True                    # start-up; again after an unfinished action
@@ -380,10 +393,11 @@ class BinanceBroker(Broker):
             url = settings.binance_trade_url
             if url.rstrip("/") == LIVE_URL:
                 raise BrokerError(f"{LIVE_URL} is the live exchange: pass --live with SMC_LIVE_TRADING=1")
+        client_kw = {"timeout": settings.binance_timeout_s, "recv_window": settings.binance_recv_window_ms, **client_kw}
         broker = cls(BinanceClient(url, settings.api_key, settings.api_secret, **client_kw))
         # the user data stream gets its own REST client (its own thread; the engine's counters stay its own)
-        key, secret = settings.api_key, settings.api_secret
-        broker._stream_client = lambda: BinanceClient(url, key, secret, timeout=10.0)
+        key, secret, timeout, window = settings.api_key, settings.api_secret, client_kw["timeout"], client_kw["recv_window"]
+        broker._stream_client = lambda: BinanceClient(url, key, secret, timeout=timeout, recv_window=window)
         broker._stream_ws_url = settings.binance_user_ws_url or (LIVE_WS_URL if url.rstrip("/") == LIVE_URL else TESTNET_WS_URL)
         broker._stream_keepalive_s = settings.user_stream_keepalive_s
         return broker
@@ -457,8 +471,21 @@ class BinanceBroker(Broker):
                 return [OrderUpdate(order.client_order_id, "REJECTED", ts, reason=f"{exc.code} {exc.msg}"[:200])]
             raise                                    # halt-class or retries exhausted: the engine decides
 
+    def _lookup_before_send(self, cid: str, lookup: Callable[[], dict | None]) -> dict | None:
+        """The order with this id at the exchange, or None when it is not there and cannot arrive any more."""
+        found = lookup()
+        if found is None and self.client.clock() < self.restart_guard_until:
+            # a predecessor's request for this id may still execute: wait it out as after an unknown outcome
+            log.warning("order %s not found %.1f s after start-up: looked up until a request of the previous "
+                        "process can no longer execute", cid, self.client.clock() - self.started_at)
+            found, resolved = self._resolve(self._restart_sent_before_ms(), lookup)
+            if found is None and not resolved:
+                raise UnknownOutcome(-1007, "lookups kept failing in the restart window", 0, "lookup")
+        return found
+
     def _submit_market(self, order: Order, ts: int) -> list:
-        found = self.lookup_order(order.symbol, order.client_order_id)
+        lookup = lambda: self.lookup_order(order.symbol, order.client_order_id)   # noqa: E731
+        found = self._lookup_before_send(order.client_order_id, lookup)
         if found is not None:
             log.warning("order %s already at the exchange (%s): not sent again", order.client_order_id, found.get("status"))
             return self._events(order, found, ts)
@@ -466,17 +493,30 @@ class BinanceBroker(Broker):
                   "newClientOrderId": order.client_order_id, "newOrderRespType": "RESULT"}
         if order.reduce_only:
             params["reduceOnly"] = "true"
-        return self._events(order, self._send("/fapi/v1/order", params, lambda: self.lookup_order(order.symbol, order.client_order_id)), ts)
+        return self._events(order, self._send("/fapi/v1/order", params, lookup), ts)
+
+    def _restart_sent_before_ms(self) -> int:
+        """The latest `timestamp` (exchange clock, as _resolve counts) a predecessor's request can carry:
+        this broker's start. Kept in local time and converted now, so a clock resync in between counts."""
+        return int(self.started_at * 1000) + self.client.time_offset_ms
 
     def _submit_algo(self, order: Order, ts: int) -> list:
-        found = self.lookup_algo(order.client_order_id)
+        found = self._lookup_before_send(order.client_order_id, lambda: self.lookup_algo(order.client_order_id))
         if found is not None:
             log.warning("algo order %s already at the exchange (%s): not sent again", order.client_order_id, found.get("algoStatus"))
         else:
             params = {"algoType": "CONDITIONAL", "symbol": order.symbol, "side": order.side, "type": order.type,
                       "quantity": fmt(order.qty), "triggerPrice": fmt(order.price), "workingType": "CONTRACT_PRICE",
                       "clientAlgoId": order.client_order_id, "reduceOnly": "true" if order.reduce_only else "false"}
-            found = self._send("/fapi/v1/algoOrder", params, lambda: self.lookup_algo(order.client_order_id))
+            try:
+                found = self._send("/fapi/v1/algoOrder", params, lambda: self.lookup_algo(order.client_order_id))
+            except OrderRejected as exc:
+                # -4116: an OPEN order already has this clientAlgoId (another request for it landed after our
+                # lookup): the stop is there, not rejected; adopt it
+                found = self.lookup_algo(order.client_order_id) if exc.code == -4116 else None
+                if found is None:
+                    raise
+                log.warning("algo order %s already open at the exchange (-4116): adopted", order.client_order_id)
         evs = self._algo_events(order, found, ts)
         if any(isinstance(e, OrderUpdate) and e.status == "NEW" for e in evs):
             self.resting[order.client_order_id] = order

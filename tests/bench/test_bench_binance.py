@@ -42,7 +42,7 @@ def test_bench_order_round_trip_pooled_vs_per_request(fake):
     for mode in lat:
         # budgets lifted: the fake does not enforce them, and a budget wait is not a round trip
         b = BinanceBroker(BinanceClient(fake.base_url, KEY, SECRET, timeout=5.0, pooled=mode == "pooled",
-                                        weight_limit=10**9, orders_10s=10**9, orders_1m=10**9))
+                                        weight_limit=10**9, orders_10s=10**9, orders_1m=10**9), guard_restart=False)
         t_sig = [0]
         orig = b.submit
 

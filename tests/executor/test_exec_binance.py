@@ -19,7 +19,7 @@ from exec_helpers import EXCHANGE_INFO, KEY, MIN, SECRET, T0, bar, fake  # noqa:
 
 def make_broker(fake, **kw) -> BinanceBroker:
     kw.setdefault("timeout", 2.0)
-    return BinanceBroker(BinanceClient(fake.base_url, KEY, SECRET, **kw))
+    return BinanceBroker(BinanceClient(fake.base_url, KEY, SECRET, **kw), guard_restart=False)   # a fresh account
 
 
 def entry(symbol="BTCUSDT", qty=0.02, sid="BTCUSDT:1m:1:test", side="BUY", reduce_only=False, leg="entry") -> Order:
@@ -278,7 +278,7 @@ def test_one_pooled_keep_alive_session_and_budgets_from_the_headers(fake):
         (int(u["X-MBX-USED-WEIGHT-1M"]), int(u["X-MBX-ORDER-COUNT-10S"]), int(u["X-MBX-ORDER-COUNT-1M"]))
     assert fake.order_count == 12 and 0 < pooled.client.order_count_1m <= 12
     fake.peers.clear()
-    single = BinanceBroker(BinanceClient(fake.base_url, KEY, SECRET, timeout=2.0, pooled=False))
+    single = BinanceBroker(BinanceClient(fake.base_url, KEY, SECRET, timeout=2.0, pooled=False), guard_restart=False)
     for i in range(3):
         single.submit(entry(sid=f"BTCUSDT:1m:{i}:single", side="BUY" if i % 2 == 0 else "SELL"), T0)
     assert len(fake.peers) == 6                                # the baseline: a connection per request

@@ -2,7 +2,7 @@
 bodies, 5xx with and without execution, execution after the client timed out, answers lost after
 acceptance, 429), stops and targets fired at the exchange, positions opened behind the executor's
 back, and a reconciliation every few trades (as after a reconnect). In-process (engine + Binance
-broker + fake exchange; the executor SIGKILL cases are in tests/executor/test_exec_service_kafka.py).
+broker + fake exchange; the executor process SIGKILLed under chaos: tests/executor/test_exec_chaos_kill.py).
 
 At the end: the exchange's positions equal the executor's, no client id was executed twice, no
 position was uncovered at the exchange longer than the bound, and no exchange error escaped the
@@ -28,7 +28,8 @@ TIMEOUT_S = 0.3          # client timeout: the late / hanging faults outlast it
 RECV_WINDOW_MS = 600
 
 
-def _fault(rng: random.Random, fake, endpoint: str) -> str:
+def inject_fault(rng: random.Random, fake, endpoint: str) -> str:
+    """Queue one seeded random fault for the next request to `endpoint`; returns its kind."""
     kind = rng.choice(["reject", "reject", "5xx_executed", "5xx_not_executed", "late", "hang", "429", "1007"])
     if kind == "reject":
         code = rng.choice([-2019, -4014, -1121, -4164] if "algo" in endpoint else [-2019, -4164])
@@ -55,7 +56,7 @@ def run_chaos(fake, orders_target: int, seed: int, fault_rate: float = 0.15) -> 
     cfg = ExecutorConfig(max_positions=2) if "max_positions" in ExecutorConfig.__dataclass_fields__ else ExecutorConfig()
     client = BinanceClient(fake.base_url, KEY, SECRET, timeout=TIMEOUT_S, recv_window=RECV_WINDOW_MS, backoff_s=0.01,
                            weight_limit=10**9, orders_10s=10**9, orders_1m=10**9)
-    broker = BinanceBroker(client, unknown_margin_s=0.2, lookup_interval_s=0.05)
+    broker = BinanceBroker(client, unknown_margin_s=0.2, lookup_interval_s=0.05, guard_restart=False)   # no restart here
     eng = Engine(cfg, broker, InstrumentBook(load_exchange_info(EXCHANGE_INFO)))
     marks = {"BTCUSDT": 50_000.0, "ETHUSDT": 2_000.0}
     faults: Counter = Counter()
@@ -82,7 +83,7 @@ def run_chaos(fake, orders_target: int, seed: int, fault_rate: float = 0.15) -> 
         px = marks[sym]
         for endpoint in ("POST /fapi/v1/order", "POST /fapi/v1/algoOrder"):
             if rng.random() < fault_rate:
-                faults[_fault(rng, fake, endpoint)] += 1
+                faults[inject_fault(rng, fake, endpoint)] += 1
         side = rng.choice(["long", "short"])
         dist = px * rng.uniform(0.002, 0.01)
         stop, target = (px - dist, px + 2 * dist) if side == "long" else (px + dist, px - 2 * dist)

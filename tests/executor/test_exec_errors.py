@@ -53,7 +53,7 @@ def engine_on(fake, sleep=None, **client_kw) -> Engine:
     if sleep is not None:
         kw["sleep"] = sleep
     kw.update(client_kw)
-    b = BinanceBroker(BinanceClient(fake.base_url, KEY, SECRET, **kw), unknown_margin_s=0.3)
+    b = BinanceBroker(BinanceClient(fake.base_url, KEY, SECRET, **kw), unknown_margin_s=0.3, guard_restart=False)
     return Engine(ExecutorConfig(), b, InstrumentBook(load_exchange_info(EXCHANGE_INFO)))
 
 

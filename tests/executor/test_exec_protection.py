@@ -47,7 +47,8 @@ def test_alert_has_an_audit_table_and_round_trips():
 
 # --- against the fake exchange ---------------------------------------------------------------------
 def engine_on(fake, **kw) -> Engine:
-    b = BinanceBroker(BinanceClient(fake.base_url, KEY, SECRET, timeout=2.0, recv_window=1000), unknown_margin_s=0.3)
+    b = BinanceBroker(BinanceClient(fake.base_url, KEY, SECRET, timeout=2.0, recv_window=1000), unknown_margin_s=0.3,
+                      guard_restart=False)
     return Engine(ExecutorConfig(**kw), b, InstrumentBook(load_exchange_info(EXCHANGE_INFO)))
 
 

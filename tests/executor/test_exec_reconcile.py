@@ -110,7 +110,8 @@ def test_plan_is_deterministic_under_input_order():
 
 # --- the adapter against the fake exchange -----------------------------------------------------------
 def engine_on(fake) -> tuple[Engine, BinanceBroker]:
-    b = BinanceBroker(BinanceClient(fake.base_url, KEY, SECRET, timeout=2.0, recv_window=1000), unknown_margin_s=0.3)
+    b = BinanceBroker(BinanceClient(fake.base_url, KEY, SECRET, timeout=2.0, recv_window=1000), unknown_margin_s=0.3,
+                      guard_restart=False)
     return Engine(ExecutorConfig(), b, InstrumentBook(load_exchange_info(EXCHANGE_INFO))), b
 
 

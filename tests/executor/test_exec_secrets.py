@@ -28,7 +28,7 @@ def test_no_secret_in_logs_exceptions_state_or_audit(caplog, audit_store):
     fake.start()
     texts: list[str] = []
     try:
-        settings = Settings(api_key=KEY, api_secret=SECRET, binance_trade_url=fake.base_url)
+        settings = Settings(api_key=KEY, api_secret=SECRET, binance_trade_url=fake.base_url, binance_recv_window_ms=1000)
         broker = BinanceBroker.from_settings(settings, timeout=0.5)
         texts += [repr(settings), str(settings), repr(broker), repr(broker.client)]
         eng = Engine(ExecutorConfig(), broker, InstrumentBook(load_exchange_info(EXCHANGE_INFO)))

@@ -101,7 +101,8 @@ def wait_for(cond, timeout=10.0, what=""):
 def live(fake):
     """(engine, broker, stream, fake): a long BTCUSDT position opened through REST, the stream connected
     and the start-up reconciliation done."""
-    b = BinanceBroker(BinanceClient(fake.base_url, KEY, SECRET, timeout=2.0, recv_window=1000), unknown_margin_s=0.3)
+    b = BinanceBroker(BinanceClient(fake.base_url, KEY, SECRET, timeout=2.0, recv_window=1000), unknown_margin_s=0.3,
+                      guard_restart=False)
     eng = Engine(ExecutorConfig(), b, InstrumentBook(load_exchange_info(EXCHANGE_INFO)))
     ws_url = fake.base_url.replace("http://", "ws://")
     s = UserDataStream(BinanceClient(fake.base_url, KEY, SECRET, timeout=2.0), b, ws_url=ws_url, keepalive_s=0.2,

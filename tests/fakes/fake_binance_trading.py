@@ -16,7 +16,9 @@ Faults are queued per endpoint: `fault("POST /fapi/v1/order", kind, **kw)` with 
                     by then): the exchange checks timestamp + recvWindow on arrival, as Binance does,
                     so it executes late when still inside recvWindow and is refused (-1021) otherwise
 The snapshot GETs (positionRisk, openOrders, openAlgoOrders) take `error`, `rate_limit`,
-`accept_then_error` and `accept_then_hang` too. Behind the executor's back: `open_behind()` (a
+`accept_then_error` and `accept_then_hang` too. Callbacks `on_order_arrival` / `on_order_accepted` let a
+test queue a fault for the request arriving, or act (SIGKILL the client) between accepting an order and
+answering. Behind the executor's back: `open_behind()` (a
 position from another client), `place_algo()` (an orphan or a foreign conditional order).
 For 5xx: `error` with status=503/500 is "5xx without execution", `accept_then_error` (default
 status 503) "5xx with execution".
@@ -80,6 +82,11 @@ class FakeBinanceTrading:
         self.last_usage: dict[str, str] = {}                # the usage headers of the last answer
         self.peers: set = set()                             # client (host, port) pairs: one per TCP connection
         self.order_count = 0
+        # callbacks (the event loop's thread) for tests that act at a precise moment of an order: `on_order_arrival`
+        # (endpoint) as a new-order POST arrives, before anything else (it may queue a fault for it);
+        # `on_order_accepted`(endpoint, order) once the order was executed / placed, before the answer
+        self.on_order_arrival = None
+        self.on_order_accepted = None
         self._ids = itertools.count(8_886_774)
         self._algo_ids = itertools.count(2_148_719)
         self._loop: asyncio.AbstractEventLoop | None = None
@@ -472,6 +479,8 @@ class FakeBinanceTrading:
             await asyncio.sleep(f.get("seconds", 1.5))
 
     async def _new_order(self, request):
+        if self.on_order_arrival is not None:
+            self.on_order_arrival("POST /fapi/v1/order")
         await self._in_transit("POST /fapi/v1/order")
         params, err = await self._auth(request, 0)
         if err:
@@ -492,6 +501,8 @@ class FakeBinanceTrading:
         if rej:
             return rej
         o = self._fill_market(symbol, side, qty, cid, reduce_only)
+        if self.on_order_accepted is not None:
+            self.on_order_accepted("POST /fapi/v1/order", o)
         late = await self._fault("POST /fapi/v1/order", "after")
         if late:
             return late
@@ -523,6 +534,8 @@ class FakeBinanceTrading:
         return self._err(-2011, "Unknown order sent.")
 
     async def _new_algo(self, request):
+        if self.on_order_arrival is not None:
+            self.on_order_arrival("POST /fapi/v1/algoOrder")
         await self._in_transit("POST /fapi/v1/algoOrder")
         params, err = await self._auth(request, 0)
         if err:
@@ -554,6 +567,8 @@ class FakeBinanceTrading:
         self.algos[aid] = a
         self.protection_check(symbol)
         self._push_algo(a)
+        if self.on_order_accepted is not None:
+            self.on_order_accepted("POST /fapi/v1/algoOrder", a)
         late = await self._fault("POST /fapi/v1/algoOrder", "after")
         if late:
             return late
