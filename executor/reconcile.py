@@ -21,6 +21,7 @@ Per symbol, with `ex` the exchange's signed position and `ours` the executor's o
 """
 from __future__ import annotations
 
+import threading
 from dataclasses import dataclass, field
 
 from executor.protection import STOP_LEGS, next_protective_step
@@ -235,4 +236,47 @@ def apply(engine, rep: Report, outcomes: dict[int, list], ts: int, wall_ts: int 
     summary += " | " + (", ".join(f"{k}={v}" for k, v in sorted(counts.items())) or "no action")
     engine.stats.alerts += 1
     out.append(make_alert("reconciled", "*", "", "", ts, summary, wall_ts))
+    return out
+
+
+# --- between reconciliations: the user stream's ACCOUNT_UPDATE positions against the executor's ------
+class PositionWatch:
+    """The exchange's position per symbol as ACCOUNT_UPDATE pushes it (a.P[].pa, signed), compared with
+    what the executor holds: a position changed behind its back (closed by hand, liquidated, ADL, opened
+    from another client) makes a reconciliation due at once instead of at the next reconnect.
+
+    An update of our own fill can reach the stream before or after the engine applied that fill, so a
+    difference counts only once it has lasted `grace_s` (then the engine has applied every fill it
+    knows of). No I/O: the caller passes the clock; `observe` runs on the stream's thread, `drifted` on
+    the engine's (a lock between them)."""
+
+    def __init__(self, grace_s: float = 5.0) -> None:
+        self.grace_s = grace_s
+        self.pushed: dict[str, tuple[float, float]] = {}    # symbol -> (signed amount, when it arrived)
+        self._lock = threading.Lock()
+
+    def observe(self, symbol: str, amount: float, now: float) -> None:
+        with self._lock:
+            self.pushed[symbol] = (amount, now)
+
+    def drifted(self, held: dict[str, float], now: float) -> list[tuple[str, float, float]]:
+        """(symbol, exchange amount, executor's amount) for each difference older than grace_s; those
+        are forgotten (the reconciliation that follows compares a fresh REST snapshot anyway)."""
+        out = []
+        with self._lock:
+            for symbol, (amount, since) in list(self.pushed.items()):
+                ours = held.get(symbol, 0.0)
+                if abs(amount - ours) <= EPS * max(1.0, abs(amount)):
+                    del self.pushed[symbol]          # agrees: nothing to watch
+                elif now - since >= self.grace_s:
+                    out.append((symbol, amount, ours))
+                    del self.pushed[symbol]
+        return sorted(out)
+
+
+def held_positions(engine) -> dict[str, float]:
+    """The executor's signed position per symbol (open and closing positions, as reconcile compares)."""
+    out: dict[str, float] = {}
+    for h in holdings(engine):
+        out[h.symbol] = out.get(h.symbol, 0.0) + h.signed
     return out

@@ -317,6 +317,9 @@ class ExecutorService:
             self.engine._pending_alerts += recs
 
     def _reconcile_due(self, caught_up: bool, since_start_s: float) -> bool:
+        drift = getattr(self.broker, "position_drift", None)
+        if drift is not None and self._reconciled:
+            drift(self.engine)       # a position changed behind the executor's back makes one due
         due = getattr(self.broker, "needs_reconcile", None)
         if due is None or time.monotonic() < self._reconcile_not_before or not due():
             return False

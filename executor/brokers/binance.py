@@ -48,7 +48,7 @@ import httpx
 import orjson
 
 from executor.brokers.base import Broker, BrokerError, FillEvent, OrderUpdate
-from executor.reconcile import Action, ExchangeSnapshot, apply, holdings, plan, reconcile_order
+from executor.reconcile import Action, ExchangeSnapshot, PositionWatch, apply, held_positions, holdings, plan, reconcile_order
 from schemas.trading import Order, client_order_id
 
 log = logging.getLogger("smc.executor.binance")
@@ -368,6 +368,7 @@ class BinanceBroker(Broker):
         self.started_at = client.clock()
         self.restart_guard_until = self.started_at + client.recv_window / 1000 + unknown_margin_s if guard_restart else 0.0
         self.resting: dict[str, Order] = {}          # conditional orders live at the exchange
+        self.position_watch = PositionWatch()        # ACCOUNT_UPDATE positions vs the executor's
         self.sends = 0                               # POSTs of new orders (tests: never a second one)
         self.reconcile_due = True                    # start-up; again after an unfinished action
         self._disconnects_seen = 0
@@ -574,7 +575,24 @@ class BinanceBroker(Broker):
 
     # --- user data stream (called from the stream's thread: only flags and a thread-safe queue) --------
     def on_push(self, upd) -> None:
+        from executor.user_stream import AccountUpdate
+        if isinstance(upd, AccountUpdate):
+            # the exchange's position amounts (one-way mode: position side BOTH), watched against the
+            # executor's (executor.reconcile.PositionWatch via position_drift); it makes no engine event
+            for p in upd.positions:
+                if p.position_side == "BOTH":
+                    self.position_watch.observe(p.symbol, p.amount, self.client.clock())
         self.pushed.append(upd)
+
+    def position_drift(self, engine) -> list[tuple[str, float, float]]:
+        """Symbols whose pushed exchange position has differed from the executor's for the watch's grace:
+        a reconciliation is made due (it compares a fresh REST snapshot and adopts, protects, flattens)."""
+        drift = self.position_watch.drifted(held_positions(engine), self.client.clock())
+        for symbol, theirs, ours in drift:
+            log.warning("%s: the exchange holds %s, the executor %s (ACCOUNT_UPDATE): reconciling", symbol, theirs, ours)
+        if drift:
+            self.reconcile_due = True
+        return drift
 
     def on_stream_connected(self) -> None:
         """After EVERY (re)connect: events missed while the socket was down are gone, so the state is

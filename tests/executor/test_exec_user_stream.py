@@ -218,3 +218,26 @@ def test_a_malformed_or_unknown_event_on_the_socket_is_counted_and_the_stream_go
     fake.trigger("BTCUSDT", 49_400.0)
     wait_for(lambda: any(isinstance(u, AlgoUpdate) and u.status == "FINISHED" for u in list(b.pushed)), what="ALGO_UPDATE")
     assert s.connects == 1
+
+
+def test_positions_changed_behind_the_executors_back_are_seen_by_push_and_reconciled(live):
+    """ACCOUNT_UPDATE positions are watched against the executor's (executor.reconcile.PositionWatch):
+    its own fill agrees; a position closed by hand and one opened from another client differ past the
+    grace, make a reconciliation due, and the reconciliation settles both."""
+    eng, b, s, fake = live
+    b.position_watch.grace_s = 0.3
+    (pos,) = open_positions(eng)
+    wait_for(lambda: any(isinstance(u, AccountUpdate) for u in list(b.pushed)), what="the entry's ACCOUNT_UPDATE")
+    time.sleep(0.4)
+    assert b.position_drift(eng) == [] and not b.needs_reconcile()     # the executor's own fill agrees
+    fake.open_behind("BTCUSDT", -pos.qty)                               # closed by hand in the web UI
+    fake.open_behind("ETHUSDT", 0.5)                                    # opened from another client
+    wait_for(lambda: {"BTCUSDT", "ETHUSDT"} <= set(b.position_watch.pushed), what="the two ACCOUNT_UPDATEs")
+    assert b.position_drift(eng) == []                                  # within the grace: a fill may be on its way
+    time.sleep(0.4)
+    assert b.position_drift(eng) == [("BTCUSDT", 0.0, pos.qty), ("ETHUSDT", 0.5, 0.0)]
+    assert b.needs_reconcile()
+    b.reconcile(eng, T0 + MIN)
+    assert open_positions(eng) == []                                    # dropped in the books (not held)
+    assert fake.positions["ETHUSDT"] == 0 and fake.positions["BTCUSDT"] == 0   # the foreign one flattened
+    assert not b.needs_reconcile()
