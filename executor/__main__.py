@@ -46,12 +46,16 @@ def main(argv: list[str] | None = None) -> int:
     if args.live and not settings.live_trading:
         print("--live needs SMC_LIVE_TRADING=1 as well", file=sys.stderr)
         return 2
+    from executor.brokers.base import BrokerError
     from executor.service import run_executor
     from infra.kafka_io import BrokerUnavailable
     try:
         stats = run_executor(settings, until_idle=args.until_idle, idle_s=args.idle_s, live=args.live,
                              install_signals=True)
     except BrokerUnavailable as exc:   # before any work: the topics could not even be listed
+        print(f"executor run: {exc}", file=sys.stderr)
+        return 2
+    except BrokerError as exc:         # the broker could not be built: keys, URL, settings beyond the bound
         print(f"executor run: {exc}", file=sys.stderr)
         return 2
     print(f"executor: {stats.signals} signals, {stats.orders} order records, {stats.rejects} rejects, "

@@ -158,7 +158,16 @@ def make_broker(settings: Settings, cfg: ExecutorConfig, live: bool = False) -> 
         return PaperBroker(cfg.paper)
     if settings.broker == "binance":
         from executor.brokers.binance import BinanceBroker
-        return BinanceBroker.from_settings(settings, live=live)
+        from executor.brokers.base import BrokerError
+        from executor.protection import check_protection_bound
+        broker = BinanceBroker.from_settings(settings, live=live)
+        try:   # defaults: 2 x max(3 s, 2.5 s + 1 s) = 7 s within the 8 s bound
+            check_protection_bound(broker.client.timeout, broker.client.recv_window, broker.unknown_margin_s,
+                                   cfg.protect_within_ms)
+        except ValueError as exc:
+            broker.close()
+            raise BrokerError(str(exc)) from None
+        return broker
     raise ValueError(f"unknown broker {settings.broker!r} (paper | binance)")
 
 

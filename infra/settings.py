@@ -33,8 +33,8 @@ class Settings:
     binance_ws_url: str = "wss://fstream.binance.com/market"       # SMC_BINANCE_WS_URL (klines live under /market)
     binance_trade_url: str = "https://testnet.binancefuture.com"   # SMC_BINANCE_TRADE_URL (testnet unless live)
     binance_user_ws_url: str = ""                # SMC_BINANCE_USER_WS_URL: the user data stream ("" = the trade URL's: testnet or live)
-    binance_timeout_s: float = 10.0              # SMC_BINANCE_TIMEOUT_S: REST client timeout; no answer in time = outcome unknown
-    binance_recv_window_ms: int = 5000           # SMC_BINANCE_RECV_WINDOW_MS: Binance refuses a request arriving later than timestamp + this (<= 60000)
+    binance_timeout_s: float = 3.0               # SMC_BINANCE_TIMEOUT_S: REST client timeout; no answer in time = outcome unknown
+    binance_recv_window_ms: int = 2500           # SMC_BINANCE_RECV_WINDOW_MS: Binance refuses a request arriving later than timestamp + this (<= 60000)
     user_stream: bool = True                     # SMC_USER_STREAM=0: no user data stream (fills/triggers by polling only)
     user_stream_keepalive_s: float = 1800.0      # SMC_USER_STREAM_KEEPALIVE_S: listenKey keepalive interval (valid 60 min)
     live_trading: bool = False                   # SMC_LIVE_TRADING=1 and --live: trade on the real exchange

@@ -46,7 +46,7 @@ TIMEOUT_S = 0.3              # client timeout: the late / hanging faults outlast
 # how long a killed process's request can still execute: longer than a restart here (~2 s), so the
 # restarted executor meets the predecessor's held request still in flight (the race that made duplicate
 # MARKET orders before the restart guard). Binance's default is 5 000, its maximum 60 000
-RECV_WINDOW_MS = 4000
+RECV_WINDOW_MS = 2500       # the default: 2 x (2.5 s + 1 s margin) stays within the 8 s bound
 MARGIN_S = 1.0               # BinanceBroker.unknown_margin_s (default)
 # the naked-position bound: SMC_EXEC_PROTECT_WITHIN_MS, default 8 s. Across a restart a position the
 # killed process opened waits for its stop behind the restart (~2 s) and the restart guard (recvWindow +

@@ -159,3 +159,25 @@ def test_slow_stop_acknowledgement_beyond_the_bound_is_an_alert():
     fast = Engine(ExecutorConfig(protect_within_ms=10_000), ScriptedBroker({}, on_submit=slow),
                   InstrumentBook(load_exchange_info(EXCHANGE_INFO)), clock=lambda: now[0])
     assert alerts(fast.process(long_setup())) == []
+
+
+def test_settings_under_which_a_stop_can_outlast_the_bound_are_refused():
+    from executor.protection import check_protection_bound, worst_unplaced_stop_s
+    assert worst_unplaced_stop_s(3.0, 2500, 1.0) == 7.0          # the defaults: within the 8 s bound
+    check_protection_bound(3.0, 2500, 1.0, 8_000)
+    assert worst_unplaced_stop_s(10.0, 5000, 1.0) == 20.0        # the former defaults
+    with pytest.raises(ValueError, match="SMC_BINANCE_TIMEOUT_S=10 and SMC_BINANCE_RECV_WINDOW_MS=5000.*20 s"):
+        check_protection_bound(10.0, 5000, 1.0, 8_000)
+    with pytest.raises(ValueError, match="SMC_EXEC_PROTECT_WITHIN_MS=8000"):
+        check_protection_bound(0.3, 4000, 1.0, 8_000)             # recvWindow + margin dominates: 10 s
+
+
+def test_the_service_refuses_a_binance_broker_beyond_the_bound():
+    from executor.brokers.base import BrokerError
+    from executor.config import ExecutorConfig
+    from executor.service import make_broker
+    from infra.settings import load_settings
+    s = load_settings(env={"SMC_BROKER": "binance", "BINANCE_API_KEY": "k", "BINANCE_API_SECRET": "s",
+                           "SMC_BINANCE_TRADE_URL": "http://127.0.0.1:9", "SMC_BINANCE_TIMEOUT_S": "10"})
+    with pytest.raises(BrokerError, match="SMC_BINANCE_TIMEOUT_S=10"):
+        make_broker(s, ExecutorConfig())
