@@ -104,3 +104,31 @@ def real_error(code: int) -> dict:
     """A real Binance error body (tests/data/binance/error_<code>_*.json, copied from ../shared)."""
     (path,) = BINANCE_DATA.glob(f"error_{code}_*.json")
     return orjson.loads(path.read_bytes())
+
+
+def read_topic(settings, base: str, isolation: str = "read_committed", poll_s: float = 0.5) -> list[dict]:
+    """Every record of the namespace's `base` topic, decoded (read_committed by default: what a
+    downstream consumer sees of the executor's transactions), up to each partition's end."""
+    import time
+    import uuid
+    from confluent_kafka import Consumer, KafkaError, TopicPartition
+    from infra import kafka_io
+    name = kafka_io.topic(settings, base)
+    c = Consumer({"bootstrap.servers": settings.kafka_bootstrap, "group.id": f"reader-{uuid.uuid4().hex}",
+                  "enable.auto.commit": False, "isolation.level": isolation, "enable.partition.eof": True})
+    try:
+        parts = sorted(c.list_topics(name, timeout=10).topics[name].partitions)
+        c.assign([TopicPartition(name, p, 0) for p in parts])
+        pending, out, deadline = set(parts), [], time.monotonic() + 30
+        while pending and time.monotonic() < deadline:
+            m = c.poll(poll_s)
+            if m is None:
+                continue
+            if m.error():
+                if m.error().code() == KafkaError._PARTITION_EOF:
+                    pending.discard(m.partition())
+                continue
+            out.append(orjson.loads(m.value()))
+        return out
+    finally:
+        c.close()

@@ -26,19 +26,17 @@ import subprocess
 import sys
 import threading
 import time
-import uuid
 from collections import Counter
 from pathlib import Path
 
 import orjson
 import pytest
-from confluent_kafka import Consumer, KafkaError, TopicPartition
 
 from executor.config import ExecutorConfig
 from executor.service import STATE_TOPIC, ensure_executor_topics
 from infra import kafka_io
 from schemas.signal import encode_signal
-from exec_helpers import EXCHANGE_INFO, KEY, MIN, ROOT, SECRET, T0, bar, fake  # noqa: F401  (fake: fixture)
+from exec_helpers import EXCHANGE_INFO, KEY, MIN, ROOT, SECRET, T0, bar, fake, read_topic  # noqa: F401  (fake: fixture)
 
 pytestmark = pytest.mark.kafka
 
@@ -99,28 +97,6 @@ def feed(settings, signals, stop: threading.Event) -> threading.Thread:
     th = threading.Thread(target=run, name="signal-feed", daemon=True)
     th.start()
     return th
-
-
-def read_committed(settings, base: str) -> list[dict]:
-    name = kafka_io.topic(settings, base)
-    c = Consumer({"bootstrap.servers": settings.kafka_bootstrap, "group.id": f"reader-{uuid.uuid4().hex}",
-                  "enable.auto.commit": False, "isolation.level": "read_committed", "enable.partition.eof": True})
-    try:
-        parts = sorted(c.list_topics(name, timeout=10).topics[name].partitions)
-        c.assign([TopicPartition(name, p, 0) for p in parts])
-        pending, out, deadline = set(parts), [], time.monotonic() + 30
-        while pending and time.monotonic() < deadline:
-            m = c.poll(0.2)
-            if m is None:
-                continue
-            if m.error():
-                if m.error().code() == KafkaError._PARTITION_EOF:
-                    pending.discard(m.partition())
-                continue
-            out.append(orjson.loads(m.value()))
-        return out
-    finally:
-        c.close()
 
 
 def executor_env(settings, fake) -> dict:
@@ -242,7 +218,7 @@ def run_kill_chaos(settings, fake, trades_per_symbol: int, seed: int, fault_rate
                 continue
             if time.monotonic() - last_check >= 1.0 and not killer.pending:
                 last_check = time.monotonic()
-                states = read_committed(settings, STATE_TOPIC)
+                states = read_topic(settings, STATE_TOPIC)
                 state = states[-1] if states else {}
                 done = all(state.get("last_bar", {}).get(k, -1) >= v for k, v in last_bar.items())
                 if done and not any(k == "timer" for k, _ in killer.plan):   # a timer kill may still come
@@ -268,13 +244,13 @@ def run_kill_chaos(settings, fake, trades_per_symbol: int, seed: int, fault_rate
         if proc.returncode != 0:
             unexpected.append((proc.returncode, (log_dir / f"executor-{runs}.log").read_text()[-1500:]))
         exits.append((proc.returncode, "sigterm"))
-    states = read_committed(settings, STATE_TOPIC)
+    states = read_topic(settings, STATE_TOPIC)
     state = states[-1] if states else {}
     ours: Counter = Counter()
     for p in state.get("portfolio", {}).get("positions", []):
         if p["status"] in ("open", "closing"):
             ours[p["symbol"]] += (1 if p["side"] == "long" else -1) * p["qty"]
-    orders = read_committed(settings, "orders")
+    orders = read_topic(settings, "orders")
     filled_market = {o["client_order_id"] for o in orders if o["type"] == "MARKET" and o["status"] == "FILLED"}
     # for a failure's post-mortem: what the exchange did and what the executor committed
     (log_dir / "exchange.json").write_bytes(orjson.dumps({"orders": list(fake.orders.values()),

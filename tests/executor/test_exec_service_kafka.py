@@ -8,44 +8,19 @@ import signal
 import subprocess
 import sys
 import time
-import uuid
 from collections import Counter
 
-import orjson
 import pytest
-from confluent_kafka import Consumer, KafkaError, TopicPartition
 
 from executor.service import ensure_executor_topics, run_executor, send_command
 from infra import kafka_io
 from schemas.signal import encode_signal
 from schemas.trading import decode_order, decode_position
-from exec_helpers import EXCHANGE_INFO, ROOT, recorded_signals
+from exec_helpers import EXCHANGE_INFO, ROOT, read_topic, recorded_signals
 
 pytestmark = pytest.mark.kafka
 
 OUT = ("decisions", "orders", "fills", "positions", "equity", "dlq")
-
-
-def read_topic(settings, base: str, isolation: str = "read_committed") -> list[dict]:
-    name = kafka_io.topic(settings, base)
-    c = Consumer({"bootstrap.servers": settings.kafka_bootstrap, "group.id": f"reader-{uuid.uuid4().hex}",
-                  "enable.auto.commit": False, "isolation.level": isolation, "enable.partition.eof": True})
-    try:
-        parts = sorted(c.list_topics(name, timeout=10).topics[name].partitions)
-        c.assign([TopicPartition(name, p, 0) for p in parts])
-        pending, out, deadline = set(parts), [], time.monotonic() + 30
-        while pending and time.monotonic() < deadline:
-            m = c.poll(0.5)
-            if m is None:
-                continue
-            if m.error():
-                if m.error().code() == KafkaError._PARTITION_EOF:
-                    pending.discard(m.partition())
-                continue
-            out.append(orjson.loads(m.value()))
-        return out
-    finally:
-        c.close()
 
 
 def produce_signals(settings, signals, bad_at: int | None = None) -> None:
