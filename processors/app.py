@@ -230,6 +230,11 @@ def create_app(settings: Settings) -> faust.App:
 
     async def seek_back() -> None:
         """Seek partitions with a gap back to the offset their state expects (OffsetGapError: fail loud)."""
+        now = time.monotonic()
+        if gate.seek_due(now) and not await asyncio.get_running_loop().run_in_executor(None, delivery.broker_reachable):
+            log.warning("the broker does not answer: the offset gate's seeks wait (an outage is waited out)")
+            gate.postpone(time.monotonic())
+            return
         mine = app.consumer.assignment()
         for partition, offset in gate.seeks_due(time.monotonic()):
             tp = TP(klines_topic, partition)

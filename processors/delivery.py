@@ -15,7 +15,7 @@ import logging
 import time
 from concurrent.futures import ThreadPoolExecutor
 
-from confluent_kafka import KafkaError, Message
+from confluent_kafka import KafkaError, KafkaException, Message
 
 from infra import kafka_io
 from infra.settings import Settings
@@ -85,6 +85,15 @@ class BatchDelivery:
         errors, self._errors = self._errors, []
         if errors:
             raise DeliveryError(f"{len(errors)} record(s) not delivered, first: {errors[0]}")
+
+    def broker_reachable(self, timeout: float = 2.0) -> bool:
+        """One metadata request: does the broker answer now? (The offset gate asks before it counts a
+        seek: during an outage a seek brings nothing, which proves no gap.)"""
+        try:
+            self._producer.list_topics(timeout=timeout)
+            return True
+        except KafkaException:
+            return False
 
     def close(self, timeout: float = 10.0) -> None:
         self._producer.flush(timeout)

@@ -100,6 +100,19 @@ class OffsetGate:
             self.pending[partition] = PendingSeek(expected, now - SEEK_RETRY_S)   # due at once
         return GAP
 
+    def seek_due(self, now: float) -> bool:
+        """Some pending seek is due now (seeks_due would return it, or raise for it)."""
+        return any(now - p.since >= SEEK_RETRY_S for p in self.pending.values())
+
+    def postpone(self, now: float) -> None:
+        """The broker does not answer: a seek now would bring nothing whatever the topic holds, so it
+        proves no gap. No pending seek counts an attempt; each waits SEEK_RETRY_S from now, and the stall
+        clocks restart (an outage is waited out, as the delivery is, up to SMC_DELIVERY_TIMEOUT_S)."""
+        for p in self.pending.values():
+            p.since = now
+        for partition in self.last_taken:
+            self.last_taken[partition] = now
+
     def seeks_due(self, now: float) -> list[tuple[int, int]]:
         """(partition, offset) to seek now; raises OffsetGapError for a partition out of attempts."""
         due = []

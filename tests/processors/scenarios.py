@@ -233,10 +233,12 @@ def scenario_broker_outage(broker: OwnBroker, settings, down_s: float = 25.0) ->
     try:
         wait_until(lambda: w.stats().get("klines", 0) >= 2000, "the worker is processing", (w,))
         broker.kill()
-        taken = w.stats()["klines"]
-        time.sleep(down_s)
-        assert w.alive(), w.tail()
-        broker.restart()
+        try:
+            taken = w.stats()["klines"]
+            time.sleep(down_s)
+            assert w.alive(), w.tail()
+        finally:
+            broker.restart()     # also after a failed repetition: the next one needs the broker
         wait_signals(s, len(expected), workers=(w,), timeout=300, all_taken=True)
         time.sleep(2)
         assert taken < len(klines), "the outage came after the run: it proved nothing"

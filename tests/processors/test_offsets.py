@@ -98,3 +98,25 @@ def test_any_delivery_order_gives_each_offset_once_in_order():
 def test_marker_keys_are_not_symbols():
     assert is_marker(marker_key(4)) and not is_marker(b"BTCUSDT")
     assert decode_offset(encode_offset(123456789)) == 123456789
+
+
+def test_seeks_while_the_broker_does_not_answer_count_no_attempt():
+    """During a broker outage a seek brings nothing whatever the topic holds: the worker postpones (the
+    2-min kill -9 stress scenario stopped every worker after 6 such seeks), and the gate still stops it
+    after SEEK_ATTEMPTS seeks once the broker answers and the record stays away."""
+    gate = OffsetGate({0: 10}.get)
+    gate.assigned({0}, 0.0)
+    assert gate.check_stalled(0, 15, STALL_S + 1)                    # quiet with records left
+    t = STALL_S + 1
+    assert gate.seek_due(t)
+    for _ in range(3 * SEEK_ATTEMPTS):                               # a long outage: postponed each time
+        gate.postpone(t)
+        assert not gate.seek_due(t + SEEK_RETRY_S - 0.1)
+        t += SEEK_RETRY_S
+        assert gate.seek_due(t)
+    assert not gate.check_stalled(0, 15, t)                          # still the one pending seek
+    for _ in range(SEEK_ATTEMPTS):                                   # the broker is back
+        assert gate.seeks_due(t) == [(0, 10)]
+        t += SEEK_RETRY_S
+    with pytest.raises(OffsetGapError):
+        gate.seeks_due(t)

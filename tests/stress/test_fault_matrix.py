@@ -1,6 +1,7 @@
 """The fault matrix: each scenario repeated SMC_STRESS_N times (default 20) on the real broker, with
 lost / duplicated / wrong records counted (ingest: bars against what the fake exchange holds;
-processors: signals against the uninterrupted in-process core, tests/processors/scenarios.py), and a
+processors: signals against the uninterrupted in-process core, tests/processors/scenarios.py;
+executor: orders and positions against the fake exchange, tests/executor/test_exec_chaos_kill.py), and a
 table printed.
 
     bash infra/bootstrap.sh stress                 # every scenario, 20 repetitions (a few hours)
@@ -67,7 +68,40 @@ SCENARIOS = {
     "broker down past the delivery timeout": lambda s, i: _on_own_broker(s, scenario_broker_outage_past_timeout),
     "worker dies between a group's two flushes": lambda s, i: _processors(s, scenario_crash_between_flushes,
                                                                           _RNG.uniform(0.2, 0.7)),
+    # the executor: orders against the fake exchange (lost = executed there, unknown to the executor;
+    # duplicated = a client id executed or placed twice; wrong = a position that differs, an order the
+    # executor records that never executed, a stop missing past the bound)
+    "executor SIGKILLs amid exchange faults": lambda s, i: _executor_kills(s, 100 + i),
 }
+
+
+def _executor_kills(settings, seed: int) -> tuple[int, int, int]:
+    import sys
+    import tempfile
+    from pathlib import Path
+    helpers = str(Path(__file__).resolve().parents[1] / "executor")
+    if helpers not in sys.path:
+        sys.path.insert(0, helpers)
+    import exec_helpers  # noqa: F401  (first: keeps tests/executor from shadowing the executor package)
+    from exec_helpers import KEY, SECRET
+    from infra import kafka_io
+    from test_exec_chaos_kill import report, run_kill_chaos
+    from tests.fakes.fake_binance_trading import FakeBinanceTrading
+    s = settings.with_(partitions=1)
+    fake = FakeBinanceTrading(KEY, SECRET)
+    fake.start()
+    try:
+        r = run_kill_chaos(s, fake, trades_per_symbol=16, seed=seed, fault_rate=0.12, kills=3,
+                           log_dir=Path(tempfile.mkdtemp(prefix="smc-stress-exec-")), deadline_s=150)
+    finally:
+        fake.stop()
+        kafka_io.delete_namespace(s)
+    if not r["done"] or r["unexpected"]:
+        raise AssertionError(report(r)[:300])
+    ex, ours = r["exchange_positions"], r["executor_positions"]
+    wrong = sum(1 for k in set(ex) | set(ours) if ex.get(k) != ours.get(k)) + len(r["recorded_not_executed"]) \
+        + (r["naked_max_s"] > r["bound_s"])
+    return len(r["executed_not_recorded"]), len(r["duplicates"]), wrong
 
 
 def _processors(settings, scenario, *args):
