@@ -587,6 +587,8 @@ class BinanceBroker(Broker):
     def position_drift(self, engine) -> list[tuple[str, float, float]]:
         """Symbols whose pushed exchange position has differed from the executor's for the watch's grace:
         a reconciliation is made due (it compares a fresh REST snapshot and adopts, protects, flattens)."""
+        if not self.position_watch.pushed:       # the service asks at every poll: nothing pushed, nothing to compare
+            return []
         drift = self.position_watch.drifted(held_positions(engine), self.client.clock())
         for symbol, theirs, ours in drift:
             log.warning("%s: the exchange holds %s, the executor %s (ACCOUNT_UPDATE): reconciling", symbol, theirs, ours)
