@@ -11,6 +11,7 @@ import collections
 import pytest
 
 from fakes.fake_binance import FakeBinance, build_exchange_info, universe_names
+from fakes.ports import free_port_run
 from ingest.service import LiveIngest
 from live_helpers import ServiceThread, klines_of, read_topic, rejects_of, wait_for
 
@@ -191,7 +192,6 @@ def test_endpoints_ready_while_streams_flow_not_when_silent(settings):
     """/metrics, /health and /ready of the live ingest (the endpoints `python -m ingest live` serves on
     SMC_METRICS_PORT + 2) against the fake Binance and the real broker."""
     import json
-    import socket
     import time
     import urllib.error
     import urllib.request
@@ -209,9 +209,7 @@ def test_endpoints_ready_while_streams_flow_not_when_silent(settings):
     names = universe_names(12)
     with FakeBinance(build_exchange_info(names)) as fb:
         svc = _svc(settings, fb, per_shard=5)
-        with socket.socket() as sock:
-            sock.bind(("127.0.0.1", 0))
-            port = sock.getsockname()[1]
+        port = free_port_run(1)
         server = serve(port, collector(svc.figures), probes=probes(svc.figures, svc.heartbeat, quiet_s=1.5))
         try:
             status, body = probe(port, "/ready")

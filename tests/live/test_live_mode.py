@@ -282,30 +282,9 @@ def test_smc_run_live_data_stops_on_ctrl_c(settings, tmp_path):
 
 
 def _free_ports(n: int = 3) -> int:
-    """A port with the next n - 1 free too: the worker's endpoints, the executor's (+ 1), the ingest's (+ 2).
-    Chosen below the kernel's ephemeral range: a port the OS hands out for bind(0) is also one it hands
-    to outgoing connections, and a Kafka client took port + 1 between this check and the executor's
-    bind once (CI: the executor died 6 times on "Address already in use")."""
-    import random
-    import socket
-    from pathlib import Path
-    try:
-        low = int(Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()[0])
-    except (OSError, ValueError, IndexError):
-        low = 32768
-    for _ in range(50):
-        port = random.randrange(10_000, max(10_001, low - n))
-        socks = [socket.socket() for _ in range(n)]
-        try:
-            for i, sock in enumerate(socks):
-                sock.bind(("127.0.0.1", port + i))
-            return port
-        except OSError:
-            continue
-        finally:
-            for sock in socks:
-                sock.close()
-    raise RuntimeError(f"no {n} adjacent free ports")
+    """A port with the next n - 1 free too: the worker's endpoints, the executor's (+ 1), the ingest's (+ 2)."""
+    from tests.fakes.ports import free_port_run
+    return free_port_run(n)
 
 
 def _scrape_all(port: int) -> dict[str, list[float]]:

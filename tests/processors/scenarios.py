@@ -23,6 +23,7 @@ from infra import kafka_io
 from processors.core import KlineProcessor, MemoryTables
 from processors.scoring import HeuristicScorer
 from schemas import Kline, decode_signal, encode_kline
+from tests.fakes.ports import free_port_run
 
 SYMBOLS = ["BTCUSDT", "ETHUSDT", "SOLUSDT", "XRPUSDT", "DOGEUSDT", "1000PEPEUSDT", "ADAUSDT", "LINKUSDT"]
 
@@ -178,25 +179,10 @@ class OwnBroker:
     """A KRaft broker of the scenario's own, to kill -9 and restart (the session's broker stays up)."""
 
     def __init__(self, home) -> None:
-        import socket
         from infra import local_broker
-        self.port = self._free_pair(socket)      # the broker listens on port, its KRaft controller on port + 1
+        self.port = free_port_run(2)      # the broker listens on port, its KRaft controller on port + 1
         self.home = home
         self.bootstrap = local_broker.start(self.port, home=home)
-
-    @staticmethod
-    def _free_pair(socket) -> int:
-        for _ in range(100):
-            with socket.socket() as a:
-                a.bind(("127.0.0.1", 0))
-                port = a.getsockname()[1]
-                try:
-                    with socket.socket() as b:
-                        b.bind(("127.0.0.1", port + 1))
-                        return port
-                except OSError:
-                    continue
-        raise RuntimeError("no two free consecutive ports for a broker")
 
     def kill(self) -> None:
         import os

@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import json
-import socket
 import time
 import urllib.error
 import urllib.request
@@ -14,12 +13,11 @@ from harness import Worker, check_alive, load_klines, produce, wait_until
 from scenarios import SYMBOLS
 from infra import kafka_io
 from processors.health import lag, partition_lag
+from tests.fakes.ports import free_port_run
 
 
 def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+    return free_port_run(1)
 
 
 def scrape(port: int) -> dict[tuple[str, tuple], float]:
