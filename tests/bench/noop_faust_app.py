@@ -36,13 +36,20 @@ from schemas import topic_name  # noqa: E402
 
 NOOP_WITHIN = 0.02
 BATCHINGS = ("ready", "take_events")
+TRANSPORTS = ("kafka", "confluent")   # faust broker URL schemes: aiokafka, librdkafka
 
 
-def create_noop_app(settings: Settings, batching: str = "ready") -> faust.App:
+def create_noop_app(settings: Settings, batching: str = "ready", transport: str = "kafka") -> faust.App:
     if batching not in BATCHINGS:
         raise ValueError(f"SMC_NOOP_BATCHING={batching!r}: expected one of {BATCHINGS}")
-    faust_guards.install()   # the same consumer code path as the processors
-    app = faust.App(topic_name(f"bench-noop-{batching}", settings.namespace), **app_config(settings))
+    if transport not in TRANSPORTS:
+        raise ValueError(f"SMC_NOOP_TRANSPORT={transport!r}: expected one of {TRANSPORTS}")
+    config = app_config(settings)
+    if transport == "kafka":
+        faust_guards.install()   # the same consumer code path as the processors (the guards patch aiokafka's)
+    else:                        # faust's librdkafka driver (issue 17: measured against aiokafka)
+        config["broker"] = f"confluent://{settings.kafka_bootstrap}"
+    app = faust.App(topic_name(f"bench-noop-{batching}-{transport}", settings.namespace), **config)
     klines = app.topic(topic_name("klines", settings.namespace), key_type=bytes, value_type=bytes,
                        value_serializer="raw", key_serializer="raw", partitions=settings.partitions)
     stats = {"klines": 0, "signals": 0, "rejects": 0, "batches": 0, "t_first": 0.0, "t_last": 0.0, "first_batch": 0}
@@ -86,7 +93,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("command", choices=["worker"])
     ap.add_argument("--loglevel", default="warning")
     args = ap.parse_args(argv)
-    app = create_noop_app(load_settings(), os.environ.get("SMC_NOOP_BATCHING", "ready"))
+    app = create_noop_app(load_settings(), os.environ.get("SMC_NOOP_BATCHING", "ready"),
+                          os.environ.get("SMC_NOOP_TRANSPORT", "kafka"))
     logging.getLogger("faust").setLevel(args.loglevel.upper())
     worker = faust.Worker(app, loglevel=args.loglevel, quiet=True, redirect_stdouts=False)
     worker.execute_from_commandline()

@@ -54,6 +54,7 @@ SCALED_MINUTES = 10          # bursts after a second worker joined (the group sp
 BURST_EVERY = 1.0
 P99_TARGET_MS = 20.0
 RATIO_TARGET = 0.5
+CONFLUENT_WAIT_S = 30.0      # how long the confluent:// no-op agent may take to consume anything
 NOOP_APP = Path(__file__).resolve().parent / "noop_faust_app.py"
 
 console = Console(width=130, highlight=False)
@@ -80,13 +81,15 @@ def cpu_seconds(pid: int) -> float:
 class NoopWorker:
     """tests/bench/noop_faust_app.py as a child process, started like infra.services.ProcessorWorker."""
 
-    def __init__(self, settings: Settings, name: str = "noop", batching: str = "ready", latency: bool = False) -> None:
+    def __init__(self, settings: Settings, name: str = "noop", batching: str = "ready", latency: bool = False,
+                 transport: str = "kafka") -> None:
         self.dir = Path(settings.data_dir) / "workers" / name
         self.dir.mkdir(parents=True, exist_ok=True)
         env = dict(os.environ)
         env.update(to_env(settings.with_(data_dir=str(self.dir))))
         env["SMC_STATS_FILE"] = str(self.stats_file)
         env["SMC_NOOP_BATCHING"] = batching
+        env["SMC_NOOP_TRANSPORT"] = transport
         if latency:
             env["SMC_NOOP_LATENCY"] = "1"
         self.log_path = self.dir / "worker.log"
@@ -248,6 +251,22 @@ def throughput(kafka_bootstrap: str, tmp_path_factory) -> Throughput:
             res.extra[f"{key}_batches"] = st["batches"]
         res.extra["noop_best"] = max(("noop_ready", "noop_take_events"), key=res.rate.__getitem__)
 
+        # (e) the same no-op agent on faust's librdkafka driver (broker="confluent://"; issue 17 asks for it
+        # to be measured against aiokafka). faust-streaming 0.15.3's driver never gets an assignment here:
+        # librdkafka delivers the group's assignment only inside consume(), and faust's fetcher calls
+        # consume() only once it has assigned partitions. Kept so the figure appears the day it works.
+        noop = NoopWorker(s, name="noop-confluent", transport="confluent")
+        try:
+            try:
+                noop.wait_klines(n, timeout=CONFLUENT_WAIT_S)
+                time.sleep(0.6)
+                st = noop.stats()
+                res.rate["noop_confluent"] = (n - st["first_batch"]) / (st["t_last"] - st["t_first"])
+            except TimeoutError:
+                res.extra["confluent_consumed"] = noop.stats().get("klines", 0)
+        finally:
+            noop.stop()
+
         # (a) our worker
         spawn = time.time()
         worker = ProcessorWorker(s)
@@ -291,6 +310,13 @@ def test_bench_processor_throughput(throughput: Throughput):
                       ("noop_take_events", f"faust take_events({BATCH_MAX}, 20 ms)")):
         tab.add_row(f"(b) no-op Faust agent, {key[5:]}", f"{r.rate[key]:,.0f}", f"{r.seconds[key]:.2f}",
                     f"{r.startup[key]:.2f}", f"first->last batch, {how}; {r.extra[key + '_batches']} batches")
+    if "noop_confluent" in r.rate:
+        tab.add_row("(e) no-op Faust agent, confluent:// driver", f"{r.rate['noop_confluent']:,.0f}", "-", "-",
+                    "first->last batch, ReadyBatches, librdkafka transport")
+    else:
+        tab.add_row("(e) no-op Faust agent, confluent:// driver", "none", "-", "-",
+                    f"consumed {r.extra['confluent_consumed']:,} of {r.klines:,} in {CONFLUENT_WAIT_S:.0f} s: "
+                    "never assigned a partition (faust-streaming 0.15.3)")
     tab.add_row("(c) raw confluent-kafka", f"{r.rate['raw']:,.0f}", f"{r.seconds['raw']:.2f}", "-",
                 f"first->last consume(10000); total with connect {r.extra['raw_total_s']:.2f} s")
     tab.add_row("(d) pure core in-process", f"{r.rate['core']:,.0f}", f"{r.seconds['core']:.2f}", "-",

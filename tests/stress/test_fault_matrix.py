@@ -72,7 +72,18 @@ SCENARIOS = {
     # duplicated = a client id executed or placed twice; wrong = a position that differs, an order the
     # executor records that never executed, a stop missing past the bound)
     "executor SIGKILLs amid exchange faults": lambda s, i: _executor_kills(s, 100 + i),
+    # two whole main jobs at once on one broker and one chDB path: lost = klines or signals missing, duplicated =
+    # a second copy of a signal row, wrong = a signal that differs from the same symbols run alone in process
+    "two `smc run` at once, one broker, one chDB": lambda s, i: _two_runs(s),
 }
+
+
+def _two_runs(settings) -> tuple[int, int, int]:
+    import tempfile
+    from pathlib import Path
+    from tests.pipeline.test_isolated_runs import lost_doubled_wrong, run_two_at_once
+    return lost_doubled_wrong(run_two_at_once(settings.kafka_bootstrap, Path(tempfile.mkdtemp(prefix="smc-stress-runs-")),
+                                              uuid.uuid4().hex[:8]))
 
 
 def _executor_kills(settings, seed: int) -> tuple[int, int, int]:
