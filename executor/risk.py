@@ -23,19 +23,12 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from executor.instruments import Instrument, _dec, round_to
+from schemas.tiers import TIER_EDGES
 
-TIERS: tuple[tuple[float, float], ...] = ((0.85, 0.020), (0.70, 0.010), (0.60, 0.005))
+# (confidence strictly above, fraction of equity at risk): the edges are schemas.tiers.TIER_EDGES
+TIERS: tuple[tuple[float, float], ...] = tuple(zip(TIER_EDGES, (0.020, 0.010, 0.005)))
 MAX_NOTIONAL_PCT = 0.10
 CAPS = ("notional", "margin")
-
-
-def tier_name(confidence: float) -> str:
-    """The confidence tier a signal falls in (strict >, TIERS): ">0.85", "0.70-0.85", "0.60-0.70" or "<=0.60"."""
-    bounds = [t for t, _ in TIERS]
-    for i, lo in enumerate(bounds):
-        if confidence > lo:
-            return f">{lo:.2f}" if i == 0 else f"{lo:.2f}-{bounds[i - 1]:.2f}"
-    return f"<={bounds[-1]:.2f}"
 
 
 @dataclass(frozen=True, slots=True)

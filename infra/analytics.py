@@ -1,5 +1,13 @@
 """Analytics views shipped with the audit trail. Every view reads with FINAL (no duplicates)."""
-from infra.performance import tier_sql
+from schemas.tiers import TIER_EDGES, tier_names
+
+
+def tier_sql(column: str = "confidence") -> str:
+    """schemas.tiers.tier_name as a ClickHouse expression: the same edges and names."""
+    names = tier_names()
+    parts = ", ".join(f"{column} > {lo!r}, '{names[i]}'" for i, lo in enumerate(TIER_EDGES))
+    return f"multiIf({parts}, '{names[-1]}')"
+
 
 VIEWS: dict[str, str] = {
     # Closed trades with their confidence tier.

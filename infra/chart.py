@@ -37,7 +37,7 @@ from datetime import datetime, timezone
 
 import numpy as np
 
-from infra.performance import tier_of
+from schemas.tiers import tier_name
 from processors.smc.engine import timeframe_label   # the signals' timeframe names ("1m", "5m")
 from schemas import interval_ms
 
@@ -269,7 +269,7 @@ def _signal_text(sig: SignalRecord | None, names: tuple[str, ...]) -> str:
         return "signal: not in the records"
     feats = "<br>".join(f"&nbsp;&nbsp;{html.escape(n)} = {v:.4f}" for n, v in zip(names, sig.features))
     return (f"signal {html.escape(sig.signal_id)} ({sig.timeframe})<br>confidence {sig.confidence:.4f} "
-            f"(tier {tier_of(sig.confidence)}, {html.escape(sig.model_version)})<br>"
+            f"(tier {tier_name(sig.confidence)}, {html.escape(sig.model_version)})<br>"
             f"setup {sig.side} entry {sig.entry:.6g} stop {sig.stop:.6g} target {sig.target:.6g}<br>features:<br>{feats}")
 
 

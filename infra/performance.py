@@ -30,27 +30,6 @@ class Trade:
     target: float = 0.0
 
 
-def tier_names() -> list[str]:
-    """The confidence tiers' names, highest first (executor.risk.tier_name at each tier: the sizing tiers,
-    strict `>`, then the no-trade band)."""
-    from executor.risk import TIERS, tier_name
-    return [tier_name(math.inf)] + [tier_name(lo) for lo, _ in TIERS]
-
-
-def tier_of(confidence: float) -> str:
-    """The executor's confidence tier (executor.risk.tier_name: one definition of the thresholds)."""
-    from executor.risk import tier_name
-    return tier_name(confidence)
-
-
-def tier_sql(column: str = "confidence") -> str:
-    """tier_of as a ClickHouse expression (the analytics views): the same edges and names."""
-    from executor.risk import TIERS
-    names = tier_names()
-    parts = ", ".join(f"{column} > {lo!r}, '{names[i]}'" for i, (lo, _) in enumerate(TIERS))
-    return f"multiIf({parts}, '{names[-1]}')"
-
-
 def profit_factor(pnls: list[float]) -> float:
     gains = sum(p for p in pnls if p > 0)
     losses = -sum(p for p in pnls if p < 0)

@@ -17,8 +17,8 @@ from rich.console import Console
 from rich.table import Table
 
 from infra.clickhouse import AuditStore
-from infra.performance import (ClosedPosition, Trade, drawdown_series, group_pnl, random_entry_evidence, summarize,
-                               tier_names, tier_of)
+from infra.performance import ClosedPosition, Trade, drawdown_series, group_pnl, random_entry_evidence, summarize
+from schemas.tiers import tier_name, tier_names
 
 
 def load_trades(store: AuditStore) -> list[Trade]:
@@ -155,7 +155,7 @@ def _plots(trades: list[Trade], ts: np.ndarray, eq: np.ndarray, start_equity: fl
 
     bars(group_pnl(trades, lambda t: t.symbol), "PnL by symbol", "by_symbol")
     bars(group_pnl(trades, lambda t: t.pattern or "(none)"), "PnL by SMC pattern", "by_pattern")
-    bars(group_pnl(trades, lambda t: tier_of(t.confidence)), "PnL by confidence tier", "by_tier")
+    bars(group_pnl(trades, lambda t: tier_name(t.confidence)), "PnL by confidence tier", "by_tier")
     bars(sorted(group_pnl(trades, lambda t: f"{datetime.fromtimestamp(t.opened_at / 1000, timezone.utc).hour:02d}h"),
                 key=lambda r: r["group"]), "PnL by entry hour (UTC)", "by_hour", top=24)
     for name, b64 in images.items():
@@ -211,7 +211,7 @@ def build_report(store: AuditStore, out_dir: str | Path, start_equity: float, pl
     order = {name: i for i, name in enumerate(tier_names())}
     groups = {"symbol": group_pnl(trades, lambda t: t.symbol),
               "pattern": group_pnl(trades, lambda t: t.pattern or "(none)"),
-              "tier": sorted(group_pnl(trades, lambda t: tier_of(t.confidence), ci), key=lambda r: order[r["group"]]),
+              "tier": sorted(group_pnl(trades, lambda t: tier_name(t.confidence), ci), key=lambda r: order[r["group"]]),
               "side": group_pnl(trades, lambda t: t.side, ci),
               "block": group_pnl(trades, lambda t: tearsheet.blocks_of(t.pattern) or ["(none)"], ci),
               "exit_reason": group_pnl(trades, lambda t: t.exit_reason)}

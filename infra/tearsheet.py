@@ -222,7 +222,7 @@ def figures(trades, ts: np.ndarray, equity: np.ndarray, start_equity: float, sta
 def trade_rows(trades, bars: dict, interval_ms: int) -> list[dict]:
     """One row per closed trade for the trade list: times, fills, size, PnL, PnL %, R, MAE / MFE (from the
     run's bars, `bars`: symbol -> object with open_time / high / low arrays; NaN without bars)."""
-    from infra.performance import tier_of
+    from schemas.tiers import tier_name
     rows = []
     for t in trades:
         b = bars.get(t.symbol)
@@ -233,7 +233,7 @@ def trade_rows(trades, bars: dict, interval_ms: int) -> list[dict]:
                      "entry_price": t.entry_price, "exit_price": t.exit_price, "stop": t.stop, "target": t.target,
                      "pnl": t.pnl, "pnl_pct": pnl_pct(t.pnl, t.qty, t.entry_price),
                      "r": r_multiple(t.pnl, t.qty, t.entry_price, t.stop), "mae_pct": mae, "mfe_pct": mfe,
-                     "fees": t.fees, "funding": t.funding, "confidence": t.confidence, "tier": tier_of(t.confidence),
+                     "fees": t.fees, "funding": t.funding, "confidence": t.confidence, "tier": tier_name(t.confidence),
                      "blocks": "+".join(blocks_of(t.pattern)), "pattern": t.pattern, "exit_reason": t.exit_reason})
     return rows
 

@@ -20,9 +20,9 @@ from pathlib import Path
 import numpy as np
 import polars as pl
 
-from executor.risk import TIERS as RISK_TIERS
 from processors.scoring import HeuristicScorer, LightGBMScorer
 from processors.smc import FEATURE_NAMES
+from schemas.tiers import tier_intervals
 
 from .baselines import SymbolBars, bootstrap_mean_ci, evidence
 from .dataset import REPO, load_klines, tick_of
@@ -38,15 +38,12 @@ def auc_se(a: float, y: np.ndarray) -> float:
     return float(np.sqrt((a * (1 - a) + (n1 - 1) * (q1 - a * a) + (n0 - 1) * (q2 - a * a)) / (n1 * n0)))
 
 
-# the executor's tiers (executor.risk.TIERS, strict >) as (name, lo, hi]: "> 0.85", "0.70-0.85", "0.60-0.70", "<= 0.60"
-_BOUNDS = [t for t, _ in RISK_TIERS]
-TIERS = ((f"> {_BOUNDS[0]:.2f}", _BOUNDS[0], np.inf),
-         *((f"{lo:.2f}-{hi:.2f}", lo, hi) for lo, hi in zip(_BOUNDS[1:], _BOUNDS[:-1])),
-         (f"<= {_BOUNDS[-1]:.2f}", -np.inf, _BOUNDS[-1]))
+# the executor's tiers (schemas.tiers, strict >) as (name, lo, hi]: ">0.85", "0.70-0.85", "0.60-0.70", "<=0.60"
+TIERS = tier_intervals()
 
 
 def tier_table(p: np.ndarray, y: np.ndarray, r: np.ndarray, n_boot: int = 1000) -> list[dict]:
-    """Executor tiers (strict >, as executor.risk): count, hit rate, mean / total R, bootstrap 95 % CIs."""
+    """Executor tiers (strict >, schemas.tiers): count, hit rate, mean / total R, bootstrap 95 % CIs."""
     rows = []
     for name, lo, hi in TIERS:
         m = (p > lo) & (p <= hi) if np.isfinite(hi) else (p > lo)

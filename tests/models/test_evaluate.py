@@ -17,9 +17,9 @@ def test_tiers_follow_the_executor_strict_boundaries():
     y = np.array([0, 1, 1, 0, 1, 0])
     r = np.array([-1.0, 2.0, 2.0, -1.0, 2.0, -1.0])
     rows = {t["tier"]: t for t in tier_table(p, y, r)}
-    assert rows["> 0.85"]["n"] == 1 and rows["0.70-0.85"]["n"] == 1
-    assert rows["0.60-0.70"]["n"] == 2 and rows["<= 0.60"]["n"] == 2
-    assert rows["0.60-0.70"]["mean_r"] == 2.0 and rows["<= 0.60"]["hit_rate"] == 0.0
+    assert rows[">0.85"]["n"] == 1 and rows["0.70-0.85"]["n"] == 1
+    assert rows["0.60-0.70"]["n"] == 2 and rows["<=0.60"]["n"] == 2
+    assert rows["0.60-0.70"]["mean_r"] == 2.0 and rows["<=0.60"]["hit_rate"] == 0.0
 
 
 def test_reliability_bins_cover_all_rows():

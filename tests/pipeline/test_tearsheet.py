@@ -9,7 +9,9 @@ import numpy as np
 import pytest
 
 from infra import tearsheet as ts
-from infra.performance import DAY_MS, tier_of, tier_sql
+from infra.analytics import tier_sql
+from infra.performance import DAY_MS
+from schemas.tiers import tier_name
 
 H = ts.HOUR_MS
 
@@ -156,10 +158,10 @@ def test_tier_is_one_rule_in_python_and_sql(chdb_dsn):
     from infra.clickhouse import AuditStore
     # the executor's edges, strict `>`: exactly 0.85 is the 0.70-0.85 tier, exactly 0.60 no tier
     values = [0.9, 0.85, 0.8, 0.7, 0.65, 0.6, 0.1]
-    assert [tier_of(v) for v in values] == [">0.85", "0.70-0.85", "0.70-0.85", "0.60-0.70", "0.60-0.70",
+    assert [tier_name(v) for v in values] == [">0.85", "0.70-0.85", "0.70-0.85", "0.60-0.70", "0.60-0.70",
                                             "<=0.60", "<=0.60"]
     _, rows = AuditStore(chdb_dsn).query(f"SELECT {tier_sql('c')} FROM (SELECT arrayJoin({values}) AS c)")
-    assert [r[0] for r in rows] == [tier_of(v) for v in values]
+    assert [r[0] for r in rows] == [tier_name(v) for v in values]
 
 
 def test_downsample_curve_keeps_real_snapshots():
