@@ -75,3 +75,22 @@ def pytest_configure(config):
         p = str(Path(__file__).parent / sub)
         if p not in sys.path:
             sys.path.insert(0, p)
+
+
+def _load_average() -> str:
+    return " / ".join(f"{x:.2f}" for x in os.getloadavg())
+
+
+@pytest.fixture(autouse=True)
+def _print_load_average_around_benches(request):
+    """Every benchmark prints the machine's load average before and after it: a figure measured on a busy
+    machine says so next to itself (the README quotes these lines with the figures). Lives here, not in a
+    tests/bench/conftest.py: a second module named conftest would shadow this one for `from conftest import`."""
+    if "tests/bench/" not in str(request.node.fspath).replace(os.sep, "/"):
+        yield
+        return
+    cores = os.cpu_count()
+    name = request.node.name
+    print(f"\n[{name}] load average (1 / 5 / 15 min) before: {_load_average()} on {cores} cores", flush=True)
+    yield
+    print(f"[{name}] load average (1 / 5 / 15 min) after: {_load_average()} on {cores} cores", flush=True)
