@@ -43,6 +43,10 @@ class BrokerError(Exception):
 
 class Broker(ABC):
     name = "base"
+    # True when submit()/cancel() act on something outside the process (an exchange): the executor then
+    # commits right after every signal that produced an order record, so that a restart never replays
+    # more than the one signal whose orders were in flight (executor.service)
+    external_effects = False
 
     @abstractmethod
     def submit(self, order: Order, ts: int, timeframe: str = "", position_side: str = "") -> list:

@@ -48,6 +48,7 @@ import httpx
 import orjson
 
 from executor.brokers.base import Broker, BrokerError, FillEvent, OrderUpdate
+from executor.protection import STOP_LEGS
 from executor.reconcile import Action, ExchangeSnapshot, PositionWatch, apply, held_positions, holdings, plan, reconcile_order
 from schemas.trading import Order, client_order_id
 
@@ -353,6 +354,7 @@ REJECTIONS = (InvalidSymbol, InsufficientMargin, OrderRejected, BadRequest, NoSu
 
 class BinanceBroker(Broker):
     name = "binance"
+    external_effects = True
 
     def __init__(self, client: BinanceClient, taker_fee: float = 0.0005, unknown_margin_s: float = 1.0,
                  lookup_interval_s: float = 0.25, guard_restart: bool = True) -> None:
@@ -472,8 +474,9 @@ class BinanceBroker(Broker):
                 return [OrderUpdate(order.client_order_id, "REJECTED", ts, reason=f"{exc.code} {exc.msg}"[:200])]
             raise                                    # halt-class or retries exhausted: the engine decides
 
-    def _lookup_before_send(self, cid: str, lookup: Callable[[], dict | None]) -> dict | None:
-        """The order with this id at the exchange, or None when it is not there and cannot arrive any more."""
+    def _lookup_before_send(self, cid: str, lookup: Callable[[], dict | None]) -> tuple[dict | None, bool]:
+        """(the order with this id at the exchange or None when it is not there and cannot arrive any more,
+        whether the restart guard was waited out for it)."""
         found = lookup()
         if found is None and self.client.clock() < self.restart_guard_until:
             # a predecessor's request for this id may still execute: wait it out as after an unknown outcome
@@ -482,11 +485,12 @@ class BinanceBroker(Broker):
             found, resolved = self._resolve(self._restart_sent_before_ms(), lookup)
             if found is None and not resolved:
                 raise UnknownOutcome(-1007, "lookups kept failing in the restart window", 0, "lookup")
-        return found
+            return found, True
+        return found, False
 
     def _submit_market(self, order: Order, ts: int) -> list:
         lookup = lambda: self.lookup_order(order.symbol, order.client_order_id)   # noqa: E731
-        found = self._lookup_before_send(order.client_order_id, lookup)
+        found, _ = self._lookup_before_send(order.client_order_id, lookup)
         if found is not None:
             log.warning("order %s already at the exchange (%s): not sent again", order.client_order_id, found.get("status"))
             return self._events(order, found, ts)
@@ -502,7 +506,12 @@ class BinanceBroker(Broker):
         return int(self.started_at * 1000) + self.client.time_offset_ms
 
     def _submit_algo(self, order: Order, ts: int) -> list:
-        found = self._lookup_before_send(order.client_order_id, lambda: self.lookup_algo(order.client_order_id))
+        found, guarded = self._lookup_before_send(order.client_order_id, lambda: self.lookup_algo(order.client_order_id))
+        # A stop the restart guard held back has already been missing for the predecessor's last moments, the
+        # restart and the guard: waiting out an unknown outcome as well (recvWindow + margin, then a resend)
+        # would outlast the naked-position bound, so its first unknown outcome goes straight to the engine,
+        # which flattens (a leftover reduce-only stop cannot open a position)
+        wait_unknown = not (guarded and order.leg in STOP_LEGS)
         if found is not None:
             log.warning("algo order %s already at the exchange (%s): not sent again", order.client_order_id, found.get("algoStatus"))
         else:
@@ -510,7 +519,8 @@ class BinanceBroker(Broker):
                       "quantity": fmt(order.qty), "triggerPrice": fmt(order.price), "workingType": "CONTRACT_PRICE",
                       "clientAlgoId": order.client_order_id, "reduceOnly": "true" if order.reduce_only else "false"}
             try:
-                found = self._send("/fapi/v1/algoOrder", params, lambda: self.lookup_algo(order.client_order_id))
+                found = self._send("/fapi/v1/algoOrder", params, lambda: self.lookup_algo(order.client_order_id),
+                                   wait_unknown=wait_unknown)
             except OrderRejected as exc:
                 # -4116: an OPEN order already has this clientAlgoId (another request for it landed after our
                 # lookup): the stop is there, not rejected; adopt it
@@ -523,15 +533,20 @@ class BinanceBroker(Broker):
             self.resting[order.client_order_id] = order
         return evs
 
-    def _send(self, path: str, params: dict, lookup: Callable[[], dict | None]) -> dict:
+    def _send(self, path: str, params: dict, lookup: Callable[[], dict | None], wait_unknown: bool = True) -> dict:
         """POST once; after an unknown outcome resolve it by lookup, resend (same id) only once the
-        original can no longer execute. Raises UnknownOutcome if it stays unresolvable."""
+        original can no longer execute. Raises UnknownOutcome if it stays unresolvable, or at once when
+        `wait_unknown` is False (the caller cannot afford the wait)."""
         cid = params.get("newClientOrderId") or params.get("clientAlgoId")
         for attempt in (1, 2):
             self.sends += 1
             try:
                 return self.client.request("POST", path, params, is_order=True)
             except UnknownOutcome as exc:
+                if not wait_unknown:
+                    log.warning("%s %s: outcome unknown (%s) after the restart guard: not waited out",
+                                path, cid, exc.code)
+                    raise
                 sent_ts = self.client.last_timestamp_ms
                 log.warning("%s %s: outcome unknown (%s); looking it up until it can no longer execute",
                             path, cid, exc.code)

@@ -254,7 +254,8 @@ def run_kill_chaos(settings, fake, trades_per_symbol: int, seed: int, fault_rate
     filled_market = {o["client_order_id"] for o in orders if o["type"] == "MARKET" and o["status"] == "FILLED"}
     # for a failure's post-mortem: what the exchange did and what the executor committed
     (log_dir / "exchange.json").write_bytes(orjson.dumps({"orders": list(fake.orders.values()),
-                                                          "algos": list(fake.algos.values())}))
+                                                          "algos": list(fake.algos.values()),
+                                                          "naked_spells": fake.naked_spells}))
     (log_dir / "committed_orders.json").write_bytes(orjson.dumps(orders))
     executed = Counter(o["clientOrderId"] for o in fake.orders.values())
     placed = Counter(a["clientAlgoId"] for a in fake.algos.values())

@@ -122,3 +122,35 @@ def test_duplicate_client_algo_id_answer_adopts_the_open_stop(fake):
     assert evs[0].status == "NEW" and evs[0].exchange_order_id
     assert stop().client_order_id in other.resting
     assert len([a for a in fake.algos.values() if a["clientAlgoId"] == stop().client_order_id]) == 1
+
+
+def test_a_stop_the_restart_guard_held_back_is_not_waited_out_a_second_time(fake):
+    """Across a restart the guard already counts as the stop's first wait (recvWindow + margin after the
+    start): an unknown outcome on its POST then goes to the engine at once (NEW, unknown_outcome: it
+    flattens) instead of another recvWindow + margin and a resend, which together outlast the naked bound
+    (SMC_CHAOS_SEED=21 measured 9.3 s naked against 8 s). The same answer outside the guard is waited
+    out and resent once, as before."""
+    first_process(fake).submit(market(), T0)
+    restarted = broker(fake)
+    fake.fault("POST /fapi/v1/algoOrder", "error", code=-1000, status=503, msg="An unknown error occurred")
+    t0 = time.monotonic()
+    evs = restarted.submit(stop(), T0)
+    waited = time.monotonic() - t0
+    posts = [r for r in fake.requests if r[:2] == ("POST", "/fapi/v1/algoOrder")]
+    assert len(posts) == 1 and restarted.sends == 1
+    assert [(e.status, e.reason) for e in evs] == [("NEW", "unknown_outcome")]
+    guard_s = RECV_WINDOW_MS / 1000 + MARGIN_S
+    assert guard_s - 0.1 <= waited < guard_s + 0.8, waited     # the guard's wait only, not a second one
+    assert fake.open_algos("BTCUSDT") == []
+
+    # outside the guard (the same process, later): the 503 is waited out, then the stop is resent once
+    fake.fault("POST /fapi/v1/algoOrder", "error", code=-1000, status=503, msg="An unknown error occurred")
+    t1 = time.monotonic()
+    later = Order(client_order_id=client_order_id("BTCUSDT:1m:2:test", "stop"), signal_id="BTCUSDT:1m:2:test",
+                  symbol="BTCUSDT", leg="stop", side="SELL", type="STOP_MARKET", qty=0.02, price=49_000.0,
+                  reduce_only=True, status="NEW", ts=T0)
+    evs = restarted.submit(later, T0)
+    assert evs[0].status == "NEW" and evs[0].reason != "unknown_outcome" and evs[0].exchange_order_id
+    assert time.monotonic() - t1 >= guard_s - 0.1
+    assert len([r for r in fake.requests if r[:2] == ("POST", "/fapi/v1/algoOrder")]) == 3
+    assert [a["clientAlgoId"] for a in fake.open_algos("BTCUSDT")] == [later.client_order_id]

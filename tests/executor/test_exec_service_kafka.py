@@ -16,7 +16,7 @@ from executor.service import ensure_executor_topics, run_executor, send_command
 from infra import kafka_io
 from schemas.signal import encode_signal
 from schemas.trading import decode_order, decode_position
-from exec_helpers import EXCHANGE_INFO, ROOT, read_topic, recorded_signals
+from exec_helpers import EXCHANGE_INFO, ROOT, fake, read_topic, recorded_signals  # noqa: F401  (fake: fixture)
 
 pytestmark = pytest.mark.kafka
 
@@ -143,3 +143,57 @@ def test_flatten_command_and_bad_command(single_partition):
     closed = [p for p in read_topic(s, "positions") if p["status"] == "closed"]
     assert [p["exit_reason"] for p in closed] == ["manual"]
     assert any("dance" in r["reason"] for r in read_topic(s, "dlq"))
+
+
+def test_exchange_effects_commit_one_signal_at_a_time(single_partition, fake):
+    """With a broker that acts on an exchange, a transaction never holds the orders of two signals: a
+    restart replays at most the one signal whose orders were in flight (a longer replay meets an exchange
+    that later signals already changed and decides differently: the SIGKILL chaos test's seed 8)."""
+    from exec_helpers import KEY, SECRET
+    from executor.brokers.binance import BinanceBroker, BinanceClient
+    from executor.config import ExecutorConfig
+    from executor.service import ExecutorService
+    from schemas.trading import Order
+
+    signals = recorded_signals(600, symbols=("BTCUSDT", "ETHUSDT", "SOLUSDT"))
+    produce_signals(single_partition, signals)          # all there before the executor starts: full batches
+    broker = BinanceBroker(BinanceClient(fake.base_url, KEY, SECRET, timeout=2.0, recv_window=1000),
+                           unknown_margin_s=0.3, guard_restart=False)
+    svc = ExecutorService(single_partition.with_(user_stream=False), ExecutorConfig(exchange_info=str(EXCHANGE_INFO)),
+                          broker, batch_max=500)
+    svc.start()
+    signals_with_orders_per_txn: list[set[str]] = []
+    current: set[str] = set()
+    process = svc.engine.process
+
+    def watched_process(sig, **kw):      # which bars made orders (the order records name their position's signal)
+        recs = process(sig, **kw)
+        if any(isinstance(r, Order) for r in recs):
+            current.add(sig.signal_id)
+        return recs
+    svc.engine.process = watched_process
+
+    class SpyProducer:          # the real transactional producer, watched (its methods are read-only)
+        def __init__(self, real):
+            self.real = real
+
+        def __getattr__(self, name):
+            return getattr(self.real, name)
+
+        def commit_transaction(self, *a):
+            signals_with_orders_per_txn.append(set(current))
+            current.clear()
+            return self.real.commit_transaction(*a)
+    svc.producer = SpyProducer(svc.producer)
+    try:
+        stats = svc.run(until_idle=True, idle_s=1.5, max_seconds=120)
+    finally:
+        svc.close()
+    with_orders = [t for t in signals_with_orders_per_txn if t]
+    assert stats.signals == len(signals) and stats.orders > 0, stats
+    assert len(with_orders) >= 5, signals_with_orders_per_txn       # enough trades for the check to mean something
+    assert all(len(t) == 1 for t in with_orders), [t for t in with_orders if len(t) > 1]
+    # nothing lost or doubled by ending transactions early: each order record of the log once
+    orders = read_topic(single_partition, "orders")
+    keys = Counter((o["client_order_id"], o["status"]) for o in orders)
+    assert orders and max(keys.values()) == 1, keys.most_common(3)

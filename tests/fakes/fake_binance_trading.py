@@ -79,6 +79,7 @@ class FakeBinanceTrading:
         self._window_totals: dict[str, int] = {}            # totals at the last answer
         self.naked_since: dict[str, float] = {}            # symbol -> monotonic time it became uncovered
         self.naked_max_s = 0.0
+        self.naked_spells: list[dict] = []                 # closed spells: symbol, start/end (exchange ms), s
         self.last_usage: dict[str, str] = {}                # the usage headers of the last answer
         self.peers: set = set()                             # client (host, port) pairs: one per TCP connection
         self.order_count = 0
@@ -149,6 +150,8 @@ class FakeBinanceTrading:
             self.naked_since[symbol] = now
         elif not naked and since is not None:
             self.naked_max_s = max(self.naked_max_s, now - since)
+            self.naked_spells.append({"symbol": symbol, "s": round(now - since, 3),
+                                      "end_ms": self.now_ms()})
             del self.naked_since[symbol]
 
     def naked_now_s(self) -> float:
