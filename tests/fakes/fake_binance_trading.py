@@ -79,7 +79,7 @@ class FakeBinanceTrading:
         self._window_totals: dict[str, int] = {}            # totals at the last answer
         self.naked_since: dict[str, float] = {}            # symbol -> monotonic time it became uncovered
         self.naked_max_s = 0.0
-        self.naked_spells: list[dict] = []                 # closed spells: symbol, start/end (exchange ms), s
+        self.naked_spells: list[dict] = []                 # closed spells: symbol, length s, end (exchange ms)
         self.last_usage: dict[str, str] = {}                # the usage headers of the last answer
         self.peers: set = set()                             # client (host, port) pairs: one per TCP connection
         self.order_count = 0
